@@ -1,0 +1,310 @@
+"""The reference transformer, written for clarity from the framework's equations.
+
+Read top to bottom, in forward order::
+
+    x_0 = n_embed(m (W_E[t] + W_pos[p]))                  embedding
+    for each layer l:
+        attention:  q = x W_Q + b_Q, k = x W_K + b_K, v = x W_V + b_V
+                    (QK-norm, then rotary on q and k)
+                    A = softmax(mask(softcap(q k^T * scale)))
+                    head_h = (A v_{h // group}) W_O[h];  attn = sum_h head_h + b_O
+        MLP:        act(x W_in + b_in) W_out + b_out
+                    (gated: (act(x W_gate + b_gate) * (x W_in + b_in)) W_out + b_out)
+        residual:   pre       x = x + attn(n(x));        x = x + mlp(n(x))
+                    post      x = n(x + attn(x));        x = n(x + mlp(x))
+                    output    x = x + n(attn(x));        x = x + n(mlp(x))
+                    sandwich  x = x + n'(attn(n(x)));    x = x + n'(mlp(n(x)))
+                    parallel  x = x + attn(n1(x)) + mlp(n2(x))
+    logits = softcap(n_final(x_L) W_U + b_U)
+
+This module is the semantics every implementation is compared against; it is
+not copied from any of them. It computes in the weights' dtype (float64 by
+default) and records everything in a :class:`~circuitproof.numeric.Trace`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import CircuitproofError, ShapeError
+from ..arch import Arch
+from ._trace import NormTrace, Trace
+from ._weights import Weights
+
+__all__ = ["run", "TokenError"]
+
+
+class TokenError(CircuitproofError, ValueError):
+    """Token ids that the architecture cannot read: out of the vocabulary, or longer than n_ctx."""
+
+
+# --------------------------------------------------------------------- pieces
+def norm(arch: Arch, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> NormTrace:
+    """LayerNorm ``(x - mean) / sqrt(var + eps) * g + b`` or RMSNorm ``x / sqrt(mean(x^2) + eps) * g``.
+
+    ``g = w`` or ``1 + w`` (``arch.norm_gain``); statistics over the last axis,
+    the variance biased (divide by n). Shapes: x [..., n], w and b [n].
+    """
+    if arch.norm == "layernorm":
+        centred = x - x.mean(-1, keepdim=True)
+        scale = (centred.pow(2).mean(-1, keepdim=True) + arch.norm_eps).sqrt()
+    else:
+        centred = x
+        scale = (x.pow(2).mean(-1, keepdim=True) + arch.norm_eps).sqrt()
+    gain = 1 + w if arch.norm_gain == "one_plus_w" else w
+    out = centred / scale * gain
+    if b is not None:
+        out = out + b
+    return NormTrace(input=x, scale=scale, output=out)
+
+
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    """gelu: x Phi(x); gelu_tanh: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); relu; silu: x sigmoid(x)."""
+    if name == "gelu":
+        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    if name == "gelu_tanh":
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x.pow(3))))
+    if name == "relu":
+        return x.clamp_min(0)
+    return x * torch.sigmoid(x)
+
+
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap * tanh(x / cap)``; the identity when ``cap`` is None."""
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
+def rotary(arch: Arch, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``rotary_dims`` coordinates of each head by position.
+
+    Pair ``k`` (``0 <= k < r/2``, ``r = rotary_dims``) is rotated by the angle
+    ``theta = p * base^(-2k / r)``: ``(a, b) -> (a cos - b sin, a sin + b cos)``,
+    where ``(a, b)`` are coordinates ``(k, k + r/2)`` ("half") or ``(2k, 2k+1)``
+    ("interleaved"). Shapes: x [B, P, heads, Dh], positions [P].
+    """
+    r = arch.rotary_dims
+    if r == 0:
+        return x
+    inv_freq = arch.rotary_base ** (-torch.arange(0, r, 2, dtype=torch.float64) / r)  # [r/2]
+    theta = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # [P, r/2]
+    cos = theta.cos().to(x.dtype)[None, :, None, :]  # [1, P, 1, r/2]
+    sin = theta.sin().to(x.dtype)[None, :, None, :]
+    rot, rest = x[..., :r], x[..., r:]
+    if arch.rotary_style == "half":
+        a, b = rot[..., : r // 2], rot[..., r // 2 :]
+        rotated = torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+    else:
+        a, b = rot[..., 0::2], rot[..., 1::2]
+        rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)  # re-interleave
+    return torch.cat([rotated, rest], dim=-1)
+
+
+def attention_mask(arch: Arch, layer: int, n_pos: int) -> torch.Tensor:
+    """``[P, P]`` bool, True where query i may attend to key j (causal, sliding window)."""
+    i = torch.arange(n_pos)[:, None]
+    j = torch.arange(n_pos)[None, :]
+    allowed = j <= i if arch.causal else torch.ones(n_pos, n_pos, dtype=torch.bool)
+    if arch.is_sliding(layer):
+        allowed = allowed & ((i - j).abs() < arch.sliding_window)
+    return allowed
+
+
+# ----------------------------------------------------------------- sublayers
+def _ln(arch: Arch, w: Weights, slot: str, layer: int | None, x: torch.Tensor) -> NormTrace:
+    weight = w[f"ln_{slot}_w"] if layer is None else w[f"ln_{slot}_w"][layer]
+    bias = w.get(f"ln_{slot}_b")
+    if bias is not None and layer is not None:
+        bias = bias[layer]
+    return norm(arch, x, weight, bias)
+
+
+def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict) -> torch.Tensor:
+    """One attention sublayer on its (already normalised) input ``x`` [B, P, D]; returns attn [B, P, D]."""
+    B, P, _ = x.shape
+    l = layer
+    q = torch.einsum("bpd,hde->bphe", x, w.W_Q[l])  # [B, P, H, Dh]
+    k = torch.einsum("bpd,hde->bphe", x, w.W_K[l])  # [B, P, K, Dh]
+    v = torch.einsum("bpd,hde->bphe", x, w.W_V[l])  # [B, P, K, Dh]
+    if arch.q_bias:
+        q = q + w.b_Q[l]
+    if arch.k_bias:
+        k = k + w.b_K[l]
+    if arch.v_bias:
+        v = v + w.b_V[l]
+    if arch.qk_norm == "all_heads":
+        nq = _ln(arch, w, "q", l, q.flatten(-2))  # over all heads' concatenated queries
+        nk = _ln(arch, w, "k", l, k.flatten(-2))
+        q, k = nq.output.view(q.shape), nk.output.view(k.shape)
+        rec.setdefault("norm.q", []).append(nq)
+        rec.setdefault("norm.k", []).append(nk)
+    elif arch.qk_norm == "per_head":
+        nq, nk = _ln(arch, w, "q", l, q), _ln(arch, w, "k", l, k)
+        q, k = nq.output, nk.output
+        rec.setdefault("norm.q", []).append(nq)
+        rec.setdefault("norm.k", []).append(nk)
+    positions = torch.arange(P)
+    q, k = rotary(arch, q, positions), rotary(arch, k, positions)
+
+    kv_of_head = torch.arange(arch.n_heads) // arch.group_size  # query head h reads kv head h // group
+    k_h, v_h = k[:, :, kv_of_head], v[:, :, kv_of_head]  # [B, P, H, Dh]
+    scores = torch.einsum("bihe,bjhe->bhij", q, k_h) * arch.scale  # [B, H, P_q, P_k]
+    scores = softcap(scores, arch.attn_softcap)
+    mask = attention_mask(arch, l, P)
+    pattern = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # rows sum to 1
+    z = torch.einsum("bhij,bjhe->bihe", pattern, v_h)  # [B, P, H, Dh]
+    head_out = torch.einsum("bihe,hed->bihd", z, w.W_O[l])  # [B, P, H, D]: head_h = z_h W_O[h]
+    attn = head_out.sum(dim=2)  # sum over heads
+    if arch.o_bias:
+        attn = attn + w.b_O[l]
+    for name, value in (("q", q), ("k", k), ("v", v), ("scores", scores), ("pattern", pattern), ("z", z), ("head_out", head_out), ("attn_out", attn)):
+        rec.setdefault(name, []).append(value)
+    return attn
+
+
+def _mlp(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict) -> torch.Tensor:
+    """One MLP on its (already normalised) input ``x`` [B, P, D]; returns mlp [B, P, D]."""
+    l = layer
+    pre = x @ w.W_in[l]  # [B, P, M]
+    if arch.mlp_bias:
+        pre = pre + w.b_in[l]
+    if arch.gated:
+        gate = x @ w.W_gate[l]
+        if arch.mlp_bias:
+            gate = gate + w.b_gate[l]
+        hidden = activation(arch.act, gate) * pre
+    else:
+        hidden = activation(arch.act, pre)
+    out = hidden @ w.W_out[l]  # [B, P, D]
+    if arch.mlp_bias:
+        out = out + w.b_out[l]
+    for name, value in (("mlp_pre", pre), ("mlp_post", hidden), ("mlp_out", out)):
+        rec.setdefault(name, []).append(value)
+    return out
+
+
+def _block(arch: Arch, w: Weights, l: int, x: torch.Tensor, rec: dict) -> torch.Tensor:
+    """One layer: the residual update in the Arch's placement. ``x`` [B, P, D] -> [B, P, D]."""
+
+    def ln(slot: str, value: torch.Tensor) -> torch.Tensor:
+        if slot not in arch.norm_slots():
+            return value
+        nt = _ln(arch, w, slot, l, value)
+        rec.setdefault(f"norm.{slot}", []).append(nt)
+        return nt.output
+
+    if arch.parallel:
+        attn = _attention(arch, w, l, ln("attn_in", x), rec)
+        mlp_in = rec["norm.attn_in"][-1].output if arch.parallel_shared_norm and arch.has_norm else ln("mlp_in", x)
+        mlp = _mlp(arch, w, l, mlp_in, rec)
+        return x + attn + mlp  # both sublayers read x_l
+
+    placement = arch.norm_placement if arch.has_norm else "pre"
+    if placement == "post":
+        x = ln("attn_out", x + _attention(arch, w, l, x, rec))
+    else:  # pre, output, sandwich: absent slots are the identity
+        x = x + ln("attn_out", _attention(arch, w, l, ln("attn_in", x), rec))
+    if not arch.has_mlp:
+        return x
+    rec.setdefault("resid_mid", []).append(x)
+    if placement == "post":
+        return ln("mlp_out", x + _mlp(arch, w, l, x, rec))
+    return x + ln("mlp_out", _mlp(arch, w, l, ln("mlp_in", x), rec))
+
+
+# ---------------------------------------------------------------------- run
+def _check_tokens(arch: Arch, tokens: torch.Tensor) -> torch.Tensor:
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() == 1:
+        tokens = tokens[None]
+    if tokens.dim() != 2 or tokens.shape[1] == 0:
+        raise ShapeError(f"run: tokens must be [batch, pos] with pos >= 1, got shape {list(tokens.shape)}")
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise TokenError(f"run: tokens must be integer ids, got dtype {tokens.dtype}")
+    if tokens.min() < 0 or tokens.max() >= arch.d_vocab:
+        raise TokenError(f"run: token ids must lie in [0, d_vocab={arch.d_vocab}), got [{int(tokens.min())}, {int(tokens.max())}]")
+    if arch.positional == "learned" and tokens.shape[1] > arch.n_ctx:
+        raise TokenError(f"run: {tokens.shape[1]} positions exceed n_ctx={arch.n_ctx} learned positions")
+    return tokens.long()
+
+
+def _stack(rec: dict, name: str) -> torch.Tensor | None:
+    return torch.stack(rec[name]) if name in rec else None
+
+
+def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> Trace:
+    """The reference forward pass of ``arch`` with ``weights`` on ``tokens`` ([B, P] or [P]).
+
+    Computes in ``dtype`` (float64 by default; float32 on request) and returns
+    the full :class:`Trace`. Raises :class:`TokenError` for ids outside the
+    vocabulary or too many positions, :class:`~circuitproof.WeightsError` if
+    the weights belong to another Arch.
+    """
+    from .. import WeightsError
+
+    if weights.arch != arch:
+        raise WeightsError(f"run: weights are for {weights.arch!r}, not for {arch!r}")
+    tokens = _check_tokens(arch, tokens)
+    w = weights.to(dtype) if weights.dtype != dtype else weights
+    B, P = tokens.shape
+    rec: dict[str, list] = {}
+
+    x = w.W_E[tokens]  # [B, P, D]
+    if arch.positional == "learned":
+        x = x + w.W_pos[:P]
+    embed = arch.embed_scale * x
+    x = embed
+    norms: dict[str, NormTrace] = {}
+    if arch.embed_norm:
+        norms["embed"] = _ln(arch, w, "embed", None, x)
+        x = norms["embed"].output
+
+    for l in range(arch.n_layers):
+        rec.setdefault("resid_pre", []).append(x)
+        x = _block(arch, w, l, x, rec)
+        rec.setdefault("resid_post", []).append(x)
+
+    final = x
+    if arch.final_norm:
+        norms["final"] = _ln(arch, w, "final", None, final)
+        final = norms["final"].output
+    if arch.unembed_transform:
+        hidden = activation(arch.act, final @ w.W_T + w.b_T)
+        norms["transform"] = _ln(arch, w, "transform", None, hidden)
+        final = norms["transform"].output
+    logits_raw = final @ w.W_U  # [B, P, V]
+    if arch.unembed_bias:
+        logits_raw = logits_raw + w.b_U
+    logits = softcap(logits_raw, arch.logit_softcap)
+
+    for key in [k for k in rec if k.startswith("norm.")]:
+        parts = rec[key]
+        norms[key[5:]] = NormTrace(
+            input=torch.stack([p.input for p in parts]),
+            scale=torch.stack([p.scale for p in parts]),
+            output=torch.stack([p.output for p in parts]),
+        )
+    return Trace(
+        arch=arch,
+        tokens=tokens,
+        embed=embed,
+        resid_pre=_stack(rec, "resid_pre"),
+        resid_mid=_stack(rec, "resid_mid"),
+        resid_post=_stack(rec, "resid_post"),
+        q=_stack(rec, "q"),
+        k=_stack(rec, "k"),
+        v=_stack(rec, "v"),
+        scores=_stack(rec, "scores"),
+        pattern=_stack(rec, "pattern"),
+        z=_stack(rec, "z"),
+        head_out=_stack(rec, "head_out"),
+        attn_out=_stack(rec, "attn_out"),
+        mlp_pre=_stack(rec, "mlp_pre"),
+        mlp_post=_stack(rec, "mlp_post"),
+        mlp_out=_stack(rec, "mlp_out"),
+        logits_raw=logits_raw,
+        logits=logits,
+        norms=norms,
+    )

@@ -1,0 +1,27 @@
+"""Hypothesis settings profiles for the test suite.
+
+- ``dev`` (default): a quick local loop.
+- ``ci``: derandomized (the same examples every run), no deadline (timing never
+  fails a test), the failing example's blob printed; loaded automatically when
+  the ``CI`` environment variable is set (``.ci/run`` sets it).
+- ``thorough``: many examples, for deliberate runs:
+  ``python -m pytest --hypothesis-profile=thorough``.
+
+Tests that need a number of examples other than the profile's scale it with
+:func:`examples`, so the profile still decides.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_SLOW_DRAWS = [HealthCheck.too_slow, HealthCheck.data_too_large]
+
+settings.register_profile("dev", max_examples=20, deadline=None, suppress_health_check=_SLOW_DRAWS)
+settings.register_profile(
+    "ci", max_examples=25, derandomize=True, deadline=None, print_blob=True, suppress_health_check=_SLOW_DRAWS
+)
+settings.register_profile("thorough", max_examples=300, deadline=None, suppress_health_check=_SLOW_DRAWS)
+settings.load_profile(os.environ.get("CIRCUITPROOF_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
