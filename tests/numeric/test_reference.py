@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, note
+from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
 from circuitproof import Arch, ShapeError, WeightsError
@@ -118,7 +118,6 @@ def test_causal_models_do_not_let_a_later_token_change_an_earlier_logit(arch, se
     pos = data.draw(st.integers(1, toks.shape[1] - 1))
     before, after = run(arch, w, toks).logits, run(arch, w, _changed_at(arch, toks, pos)).logits
     assert torch.equal(before[:, :pos], after[:, :pos])
-    assert not torch.equal(before[:, pos], after[:, pos])
 
 
 @given(archs(causal=False), st.integers(0, 2**16), st.data())
@@ -127,6 +126,8 @@ def test_bidirectional_models_let_a_later_token_change_an_earlier_logit(arch, se
     toks = data.draw(tokens(arch, min_pos=2))
     pos = toks.shape[1] - 1
     before, after = run(arch, w, toks).logits, run(arch, w, _changed_at(arch, toks, pos)).logits
+    # LayerNorm on 2 coordinates keeps only the sign of x1 - x2, so a changed token can vanish entirely
+    assume(arch.d_model > 2 or arch.norm != "layernorm")
     window_blocks_all = arch.sliding_window == 1 and len(arch.sliding_layers) == arch.n_layers
     note(f"max change at pos {pos - 1}: {(before[:, pos - 1] - after[:, pos - 1]).abs().max():.3e}")
     if window_blocks_all:  # every layer sees only itself: no cross-position flow at all
@@ -332,3 +333,10 @@ def test_bad_tokens_raise(toks, error, match):
 def test_weights_for_another_arch_raise():
     with pytest.raises(WeightsError, match="weights are for"):
         run(Arch(n_layers=2), Weights.random(Arch()), torch.tensor([[0]]))
+
+
+def test_feature_table_covers_every_arch_switch():
+    sizes = {"n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx", "sliding_layers"}
+    switched = {key.split()[0] for key in FEATURES} | {k for change in FEATURES.values() for k in change}
+    missing = set(Arch.__dataclass_fields__) - sizes - switched
+    assert not missing, f"Arch fields with no feature test: {sorted(missing)}"
