@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ..arch import Arch
 from ..numeric import Weights
 
-__all__ = ["archs", "weights", "tokens"]
+__all__ = ["archs", "family_archs", "weights", "tokens"]
 
 _POSITIONAL = ("none", "learned", "rotary")
 _NORM = ("none", "layernorm", "rmsnorm")
@@ -45,7 +45,8 @@ def archs(
 ) -> Arch:
     """Valid architectures over the whole family, at small sizes.
 
-    ``fixed`` pins fields (``archs(norm="rmsnorm", attn_only=True)``); every
+    ``fixed`` pins fields (``archs(norm="rmsnorm", attn_only=True)``) to a value
+    or to a strategy drawn first (``archs(act=st.sampled_from(["silu", "relu"]))``); every
     other field is drawn, and combinations the family cannot express are never
     produced (parallel blocks are pre-norm, post-norm has no final norm, ...).
     Shrinks toward ``Arch(positional='none', norm='none', ...)`` with one layer,
@@ -59,9 +60,10 @@ def archs(
         ("max_vocab", max_vocab, 2),
     ):
         _check_bound(name, value, low)
-    unknown = set(fixed) - set(Arch.__dataclass_fields__)
+    unknown = {k for k in fixed if not k.startswith("_")} - set(Arch.__dataclass_fields__)
     if unknown:
         raise ValueError(f"archs: {sorted(unknown)} are not Arch fields")
+    fixed = {k: draw(v) if isinstance(v, st.SearchStrategy) else v for k, v in fixed.items()}
 
     def pick(name: str, strategy: st.SearchStrategy) -> object:
         return fixed[name] if name in fixed else draw(strategy)
@@ -142,6 +144,19 @@ def archs(
     )
     fields.update({k: v for k, v in fixed.items() if not k.startswith("_")})
     return Arch(**fields)
+
+
+def family_archs(family: str, **bounds: object) -> st.SearchStrategy[Arch]:
+    """Architectures that the transformers family ``family`` can express.
+
+    Draws ``archs(**adapter.pinned, **bounds)``, makes coupled switches agree with
+    ``adapter.project`` (e.g. Llama's one ``attention_bias`` for q, k, v and o),
+    and keeps what ``adapter.cannot_express`` accepts. Shrinks as ``archs``.
+    """
+    from ..numeric.adapters import adapter_class
+
+    cls = adapter_class(family)
+    return archs(**{**cls.pinned, **bounds}).map(cls.project).filter(lambda a: cls.cannot_express(a) is None)
 
 
 def weights(arch: Arch, *, dtype: torch.dtype = torch.float64) -> st.SearchStrategy[Weights]:
