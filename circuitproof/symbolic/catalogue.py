@@ -1,0 +1,75 @@
+"""The catalogue: every identity for every depth, every refutation, and the concrete instances for one Arch.
+
+``general()`` builds the whole catalogue (each identity's derivation checked as
+it is built; the inductions with their base cases, inductive steps and
+unrollings for L = 1..6). ``instances(arch)`` builds the concrete identities
+that apply to ``arch``, with its depth, heads and biases, for the numeric layer
+to evaluate on a trace: these are the very expressions that were proved.
+"""
+
+from __future__ import annotations
+
+from ..arch import Arch
+from . import attention, logits, residual
+from ._core import Identity, Refutation
+
+__all__ = ["general", "refutations", "instances"]
+
+_KINDS = ("sequential", "parallel", "attn_only")
+_FINAL = ("none", "layernorm", "rmsnorm")
+
+
+def general() -> list[Identity]:
+    """Every identity of the catalogue, proved for every depth where it has one."""
+    out: list[Identity] = []
+    out += [residual.additive(k) for k in _KINDS]
+    out += [residual.expansion(k) for k in _KINDS]
+    out += [attention.head_sum(3), attention.qk_circuit(), attention.rotary_scores(), attention.ov_circuit(),
+            attention.linear_given_pattern(), attention.gauge_qk(), attention.gauge_ov()]
+    out += [logits.linear_in_final_resid()]
+    out += [logits.decomposition(k, f) for k in _KINDS for f in _FINAL]
+    out += [logits.heads_only(2, 2), logits.direct_effect(3, 1)]
+    out += _optional("paths", "general")
+    out += _optional("norms", "general")
+    out += _optional("seed", "general")
+    return out
+
+
+def refutations() -> list[Refutation]:
+    """Where claims break, each with the failing step and the term that breaks it."""
+    out = [residual.post_norm_refutation(), attention.rotary_qk_refutation(), attention.gauge_qk_rotary_refutation(),
+           logits.final_norm_refutation()]
+    out += _optional("norms", "refutations")
+    out += _optional("seed", "refutations")
+    return out
+
+
+def _optional(module: str, name: str) -> list:
+    """Entries contributed by modules that may define ``general()`` / ``refutations()``."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"{__package__}.{module}")
+    except ModuleNotFoundError:
+        return []
+    fn = getattr(mod, name, None)
+    return list(fn()) if fn is not None else []
+
+
+def instances(arch: Arch) -> list[Identity]:
+    """The concrete identities that apply to ``arch`` (each checked as built), for evaluation on its traces."""
+    kind = residual.block_kind(arch)
+    L, H = arch.n_layers, arch.n_heads
+    out: list[Identity] = []
+    candidates: list[Identity] = [residual.unrolled_expansion(kind, L)]
+    candidates += [attention.head_sum(H, l, o_bias=True) for l in range(L)]
+    candidates += [attention.ov_circuit(l, h) for l in range(L) for h in range(H)]
+    candidates += [attention.qk_circuit(l, h) for l in range(L) for h in range(H)]
+    candidates.append(logits.linear_in_final_resid(L))
+    final = arch.norm if arch.final_norm else "none"
+    candidates.append(logits.unrolled_decomposition(kind, final, L))
+    for identity in candidates:
+        ok, _ = identity.applies(arch)
+        if ok:
+            out.append(identity)
+    return out
