@@ -9,6 +9,8 @@ to evaluate on a trace: these are the very expressions that were proved.
 
 from __future__ import annotations
 
+import functools
+
 from ..arch import Arch
 from . import attention, logits, residual
 from ._core import Identity, Refutation
@@ -57,19 +59,19 @@ def _optional(module: str, name: str) -> list:
 
 
 def instances(arch: Arch) -> list[Identity]:
-    """The concrete identities that apply to ``arch`` (each checked as built), for evaluation on its traces."""
-    kind = residual.block_kind(arch)
-    L, H = arch.n_layers, arch.n_heads
-    out: list[Identity] = []
-    candidates: list[Identity] = [residual.unrolled_expansion(kind, L)]
-    candidates += [attention.head_sum(H, l, o_bias=True) for l in range(L)]
-    candidates += [attention.ov_circuit(l, h) for l in range(L) for h in range(H)]
-    candidates += [attention.qk_circuit(l, h) for l in range(L) for h in range(H)]
-    candidates.append(logits.linear_in_final_resid(L))
+    """The concrete identities that apply to ``arch`` (each checked as built, once per shape), for evaluation on its traces."""
     final = arch.norm if arch.final_norm else "none"
-    candidates.append(logits.unrolled_decomposition(kind, final, L))
-    for identity in candidates:
-        ok, _ = identity.applies(arch)
-        if ok:
-            out.append(identity)
-    return out
+    candidates = _candidates(residual.block_kind(arch), arch.n_layers, arch.n_heads, final)
+    return [identity for identity in candidates if identity.applies(arch)[0]]
+
+
+@functools.lru_cache(maxsize=256)
+def _candidates(kind: str, L: int, H: int, final: str) -> tuple[Identity, ...]:
+    """Every concrete identity for a depth, head count, block kind and final norm (biases are bound, absent ones as zeros)."""
+    out: list[Identity] = [residual.unrolled_expansion(kind, L)]
+    out += [attention.head_sum(H, l, o_bias=True) for l in range(L)]
+    out += [attention.ov_circuit(l, h) for l in range(L) for h in range(H)]
+    out += [attention.qk_circuit(l, h) for l in range(L) for h in range(H)]
+    out.append(logits.linear_in_final_resid(L))
+    out.append(logits.unrolled_decomposition(kind, final, L))
+    return tuple(out)
