@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import sympy as sp
 
-from ._core import Assumption, Identity, Rule, Step
+from ._core import ALWAYS, Assumption, Identity, Rule, Step
 
 __all__ = ["DEPTH", "by_induction", "hypothesis"]
 
@@ -37,22 +37,32 @@ def by_induction(
     claim: Callable[[sp.Expr], tuple[sp.Basic, sp.Basic]],
     base_steps: Callable[[], list[Step]],
     inductive_steps: Callable[[Rule], list[Step]],
-    assumptions: tuple[Assumption, ...],
+    assumptions: tuple[Assumption, ...] = (ALWAYS,),
     frozen: tuple[str, ...] = (),
     notes: str = "",
     unrolled: tuple[Identity, ...] = (),
+    variable: sp.Symbol = DEPTH,
+    hypothesis_rewrite: dict | None = None,
 ) -> Identity:
-    """An Identity for every depth ``L``, proved from a checked base case and a checked inductive step."""
+    """An Identity for every ``variable >= 0`` (the depth ``L`` by default), from a checked base case and inductive step.
+
+    ``hypothesis_rewrite`` states ``P(n)`` as another rewrite than ``lhs(n) -> rhs(n)``
+    (e.g. ``{A B_n: B_{n+1} - b}`` for ``A B_n + b = B_{n+1}``); it must be ``P(n)`` rearranged.
+    """
+    n = variable
     lhs0, rhs0 = claim(sp.Integer(0))
-    base = Identity(f"{id}[L=0]", "base case", lhs0, rhs0, tuple(base_steps()), assumptions)
-    lhs_l, rhs_l = claim(DEPTH)
-    lhs_next, rhs_next = claim(DEPTH + 1)
-    step = Identity(f"{id}[L->L+1]", "inductive step", lhs_next, rhs_next, tuple(inductive_steps(hypothesis(lhs_l, rhs_l))), assumptions)
+    base = Identity(f"{id}[{n}=0]", "base case", lhs0, rhs0, tuple(base_steps()), assumptions)
+    lhs_n, rhs_n = claim(n)
+    lhs_next, rhs_next = claim(n + 1)
+    ih = hypothesis(lhs_n, rhs_n)
+    if hypothesis_rewrite is not None:
+        ih = Rule(ih.name, ih.kind, hypothesis_rewrite, ih.doc)
+    step = Identity(f"{id}[{n}->{n}+1]", "inductive step", lhs_next, rhs_next, tuple(inductive_steps(ih)), assumptions)
     theorem = Rule(
-        "induction on L", "theorem", {lhs_l: rhs_l},
-        doc=f"P(0) holds ({base.id}) and P(L) implies P(L+1) ({step.id}), each checked step by step",
+        f"induction on {n}", "theorem", {lhs_n: rhs_n},
+        doc=f"P(0) holds ({base.id}) and P({n}) implies P({n}+1) ({step.id}), each checked step by step",
     )
     return Identity(
-        id, statement, lhs_l, rhs_l, (Step(rhs_l, "by induction on L: base case and inductive step, both checked", theorem),),
+        id, statement, lhs_n, rhs_n, (Step(rhs_n, f"by induction on {n}: base case and inductive step, both checked", theorem),),
         assumptions, frozen, notes, parts=(base, step, *unrolled),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 
 from ..arch import Arch
-from . import attention, logits, residual
+from . import attention, logits, norms, paths, residual, seed
 from ._core import Identity, Refutation
 
 __all__ = ["general", "refutations", "instances"]
@@ -31,9 +31,7 @@ def general() -> list[Identity]:
     out += [logits.linear_in_final_resid()]
     out += [logits.decomposition(k, f) for k in _KINDS for f in _FINAL]
     out += [logits.heads_only(2, 2), logits.direct_effect(3, 1)]
-    out += _optional("paths", "general")
-    out += _optional("norms", "general")
-    out += _optional("seed", "general")
+    out += paths.general() + norms.general() + seed.general()
     return out
 
 
@@ -41,21 +39,8 @@ def refutations() -> list[Refutation]:
     """Where claims break, each with the failing step and the term that breaks it."""
     out = [residual.post_norm_refutation(), attention.rotary_qk_refutation(), attention.gauge_qk_rotary_refutation(),
            logits.final_norm_refutation()]
-    out += _optional("norms", "refutations")
-    out += _optional("seed", "refutations")
+    out += norms.refutations() + seed.refutations()
     return out
-
-
-def _optional(module: str, name: str) -> list:
-    """Entries contributed by modules that may define ``general()`` / ``refutations()``."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"{__package__}.{module}")
-    except ModuleNotFoundError:
-        return []
-    fn = getattr(mod, name, None)
-    return list(fn()) if fn is not None else []
 
 
 def instances(arch: Arch) -> list[Identity]:
