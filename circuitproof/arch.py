@@ -139,6 +139,8 @@ class Arch:
         for name, value in self._auto_defaults().items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if self.positional == "rotary" and self.rotary_dim is not None and self.rotary_dim == self.d_head:
+            object.__setattr__(self, "rotary_dim", None)  # full rotary has one spelling: None
         if isinstance(self.sliding_layers, list):
             object.__setattr__(self, "sliding_layers", tuple(self.sliding_layers))
         self._validate()

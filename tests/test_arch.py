@@ -122,3 +122,8 @@ def test_describe_mentions_every_switched_feature():
     for word in ("(1 kv)", "bidirectional", "bias qo", "softcap 50", "window 4", "qk-norm", "rotary 2/4 interleaved",
                  "rmsnorm 1+w sandwich", "+final+embed", "gated silu", "tied", "b_U", "softcap 30", "embed x2"):
         assert word in line, word
+
+
+def test_full_rotary_has_one_spelling():
+    assert Arch(positional="rotary", d_head=4, rotary_dim=4) == Arch(positional="rotary", d_head=4)
+    assert Arch(positional="rotary", d_head=4, rotary_dim=4).rotary_dims == 4

@@ -1,0 +1,220 @@
+"""GPT-J adapter: agreement with the reference, exact round trips, the user's model left alone, refusals."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+import torch
+from hypothesis import given, note
+from hypothesis import strategies as st
+from transformers import GPTJConfig, GPTJForCausalLM
+from transformers.models.gptj import modeling_gptj
+
+from circuitproof import Arch, UnsupportedError
+from circuitproof.numeric import Trace, Weights, run
+from circuitproof.numeric.adapters import adapt, build
+from circuitproof.numeric.adapters._gptj import GPTJAdapter
+from circuitproof.properties.strategies import family_archs, tokens, weights
+
+from ._agreement import assert_traces_agree
+
+FAMILY = "gptj"
+GPTJ = dict(positional="rotary", rotary_style="interleaved", parallel=True, parallel_shared_norm=True, unembed_bias=True)
+
+# GPT-J computes two steps in float32 whatever the model dtype (GPTJAdapter.below_dtype_steps):
+# the rotary sin/cos table and the scores q k^T. With u = 2^-24 ~ 6e-8 (float32 unit roundoff)
+# they perturb the pattern by at most ~46u: (a) angles up to n_ctx - 1 = 15 rad rounded before
+# sin/cos, absolute error <~ 16u; (b) q and k rounded to float32 and their dot product accumulated
+# in float32, absolute score error <~ (Dh + 2) u |q| |k| scale <~ 30u at these sizes. Budget: 64u.
+# The linear maps (1/sqrt(fan_in) weights) carry such an error at O(1); a LayerNorm amplifies an
+# error that is small against the stream's size max|x| by up to kappa = max|x| / sqrt(var + eps)
+# at its worst position: huge when few coordinates nearly coincide (d_model = 2). So the tolerance
+# is 64 u kappa, kappa read off the reference trace (measured: error <= 2 u kappa over 1200 random
+# and 1500 Hypothesis-targeted draws; the raw error reached 2.8e-6, at d_model = 2).
+# The patched test below shows the difference is precision alone.
+U = 2.0**-24
+
+
+def rtol_float32_steps(ref: Trace) -> float:
+    """64 u kappa, kappa = max over the reference's norms of max|input| / min(scale), at least 1."""
+    kappa = max([1.0] + [(nt.input.abs().max() / nt.scale.min()).item() for nt in ref.norms.values()])
+    return 64 * U * kappa
+
+
+RTOL_FLOAT64 = 1e-9  # with both steps kept in float64
+
+
+def _draw_and_compare(data: st.DataObject, rtol_of: Callable[[Trace], float]) -> None:
+    arch = data.draw(family_archs(FAMILY), label="arch")
+    w = data.draw(weights(arch), label="weights")
+    toks = data.draw(tokens(arch), label="tokens")
+    real = adapt(build(arch, w, FAMILY)).trace(toks)
+    ref = run(arch, w, toks)
+    rtol = rtol_of(ref)
+    note(f"rtol {rtol:.2e}, errors: {assert_traces_agree(real, ref, rtol)}")
+
+
+@given(data=st.data())
+def test_agrees_with_reference(data: st.DataObject) -> None:
+    _draw_and_compare(data, rtol_float32_steps)
+
+
+# ----------------------------------------------------- the float32 steps, kept in float64
+def _rotary_float64(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sin, cos [B, P, r/2] of the angles p * 10000^(-2k/r), computed in float64 (GPT-J's table is float32)."""
+    r = self.pos_embd_dim
+    inv_freq = 10000.0 ** (-torch.arange(0, r, 2, dtype=torch.float64) / r)  # [r/2]
+    theta = position_ids[..., None].to(torch.float64) * inv_freq  # [B, P, r/2]
+    return theta.sin().to(x.dtype), theta.cos().to(x.dtype)
+
+
+def _attention_float64(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention with q k^T in the inputs' dtype (GPT-J casts q and k to float32). q, k, v [B, H, P, Dh]."""
+    scores = query @ key.transpose(-1, -2) * scaling  # [B, H, P, P]
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    pattern = scores.softmax(dim=-1)
+    return (pattern @ value).transpose(1, 2), pattern  # z [B, P, H, Dh]
+
+
+def _patch(mp: pytest.MonkeyPatch) -> None:
+    """Keep GPT-J's float32 steps (sin/cos table, q k^T) in the model's dtype, for this test only."""
+    mp.setattr(modeling_gptj.GPTJRotaryEmbedding, "forward", _rotary_float64)
+    mp.setattr(modeling_gptj, "eager_attention_forward", _attention_float64)
+
+
+@given(data=st.data())
+def test_agrees_to_float64_precision_with_float32_steps_patched(data: st.DataObject) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        _patch(mp)
+        _draw_and_compare(data, lambda ref: RTOL_FLOAT64)
+
+
+def test_the_float32_steps_are_the_whole_difference() -> None:
+    arch = Arch(n_layers=2, n_heads=2, d_model=8, d_head=4, rotary_dim=2, **GPTJ)
+    w = Weights.random(arch, 1)
+    toks = torch.arange(12).remainder(arch.d_vocab)[None]
+    model = build(arch, w, FAMILY)
+    ref = run(arch, w, toks)
+    shipped = assert_traces_agree(adapt(model).trace(toks), ref, rtol_float32_steps(ref))
+    assert max(shipped.values()) > RTOL_FLOAT64  # float32 steps show
+    with pytest.MonkeyPatch.context() as mp:
+        _patch(mp)
+        assert_traces_agree(adapt(model).trace(toks), ref, RTOL_FLOAT64)
+
+
+def test_patches_are_restored() -> None:
+    assert modeling_gptj.eager_attention_forward is not _attention_float64
+    assert modeling_gptj.GPTJRotaryEmbedding.forward is not _rotary_float64
+
+
+# -------------------------------------------------------------------------- round trips
+@given(data=st.data())
+def test_round_trip_is_exact(data: st.DataObject) -> None:
+    arch = data.draw(family_archs(FAMILY), label="arch")
+    dtype = data.draw(st.sampled_from([torch.float64, torch.float32, torch.bfloat16]), label="dtype")
+    w = Weights.random(arch, data.draw(st.integers(0, 2**32 - 1), label="seed"), dtype=dtype)
+    model = build(arch, w, FAMILY)
+    assert next(model.parameters()).dtype == dtype and not model.training
+    back = adapt(model)
+    assert back.arch == arch
+    assert back.weights.equal(w)
+
+
+def _config(**changes: object) -> GPTJConfig:
+    base = dict(vocab_size=10, n_embd=8, n_layer=1, n_head=2, rotary_dim=2, n_inner=12, n_positions=8)
+    base.update(bos_token_id=None, eos_token_id=None, attn_implementation="eager")
+    return GPTJConfig(**{**base, **changes})
+
+
+def test_rotary_dim_none_is_a_full_head_only_with_one_head() -> None:
+    """GPT-J's table spans rotary_dim or n_embd: with rotary_dim=None it fits a head only when n_head == 1."""
+    one = _config(n_head=1)
+    object.__setattr__(one, "rotary_dim", None)  # the strict config refuses None; an unvalidated one may hold it
+    model = GPTJForCausalLM(one).double()
+    adapter = adapt(model)
+    assert adapter.arch.rotary_dim is None and adapter.arch.rotary_dims == 8
+    toks = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    ref = run(adapter.arch, adapter.weights, toks)
+    assert_traces_agree(adapter.trace(toks), ref, rtol_float32_steps(ref))
+    two = _config(n_head=2)
+    object.__setattr__(two, "rotary_dim", None)
+    with pytest.raises(UnsupportedError, match=re.escape("rotary_dim=None with n_head=2")):
+        adapt(GPTJForCausalLM(two))
+
+
+def test_full_head_rotary_dim_reads_back_as_none() -> None:
+    """rotary_dim=d_head and None are one model; the config cannot tell them apart, the adapter reads None."""
+    arch = Arch(n_heads=2, d_model=8, d_head=4, **{**GPTJ, "rotary_dim": 4})
+    assert adapt(build(arch, Weights.random(arch, 0), FAMILY)).arch == arch.replace(rotary_dim=None)
+    assert GPTJAdapter.project(arch) == arch.replace(rotary_dim=None)
+
+
+# --------------------------------------------------------------- the user's model untouched
+def _state(model: torch.nn.Module) -> tuple:
+    hooks = tuple((name, len(m._forward_hooks), len(m._forward_pre_hooks)) for name, m in model.named_modules())
+    return (
+        tuple(m.training for m in model.modules()),
+        model.config._attn_implementation,
+        tuple((n, p.dtype, p.device) for n, p in model.named_parameters()),
+        hooks,
+    )
+
+
+def test_trace_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    arch = Arch(n_layers=2, n_heads=2, d_model=8, d_head=4, rotary_dim=2, **GPTJ)
+    model = build(arch, Weights.random(arch, 0, dtype=torch.float32), FAMILY)
+    model.set_attn_implementation("sdpa")
+    model.train()
+    params = {n: p.clone() for n, p in model.named_parameters()}
+    before = _state(model)
+    adapter = adapt(model)
+    trace = adapter.trace(torch.tensor([[1, 2, 3, 4]]))
+    assert trace.pattern.shape == (2, 1, 2, 4, 4) and trace.logits.dtype == torch.float32
+    assert _state(model) == before
+    assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model.transformer.h[1].mlp, "forward", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        adapter.trace(torch.tensor([[1, 2, 3, 4]]))
+    assert _state(model) == before
+
+
+# ---------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(activation_function="quick_gelu"), "activation_function='quick_gelu'"),
+        (dict(rotary_dim=3), "rotary_dim=3"),
+        (dict(rotary_dim=6), "rotary_dim=6"),  # more than a head of 4
+    ],
+)
+def test_unsupported_config_names_the_field(changes: dict, field: str) -> None:
+    model = GPTJForCausalLM(_config(**changes))
+    with pytest.raises(UnsupportedError, match=re.escape(field)):
+        adapt(model)
+
+
+@pytest.mark.parametrize(
+    "arch, feature",
+    [
+        (Arch(n_heads=2, n_kv_heads=1, d_model=8, **GPTJ), "n_kv_heads=1"),
+        (Arch(d_model=4, positional="none", parallel=True, parallel_shared_norm=True, unembed_bias=True), "positional='none'"),
+        (Arch(d_model=4, **{**GPTJ, "rotary_style": "half"}), "rotary_style='half'"),
+        (Arch(d_model=4, rotary_base=100.0, **GPTJ), "rotary_base=100.0"),
+        (Arch(d_model=4, v_bias=True, **GPTJ), "v_bias=True"),
+        (Arch(d_model=4, **{**GPTJ, "parallel_shared_norm": False}), "parallel_shared_norm=False"),
+        (Arch(d_model=4, **{**GPTJ, "unembed_bias": False}), "unembed_bias=False"),
+        (Arch(d_model=4, mlp_bias=False, **GPTJ), "mlp_bias=False"),
+        (Arch(d_model=6, **GPTJ), "d_model=6"),
+    ],
+)
+def test_build_refuses_what_gptj_cannot_express(arch: Arch, feature: str) -> None:
+    assert GPTJAdapter.cannot_express(arch) is not None
+    with pytest.raises(UnsupportedError, match=re.escape(feature)):
+        build(arch, Weights.random(arch, 0), FAMILY)
