@@ -219,7 +219,6 @@ def test_unsupported_config_names_the_field(changes: dict, field: str) -> None:
     [
         (dict(positional="learned", rotary_dim=None, rotary_base=10000.0, rotary_style="half"), "positional"),
         (dict(rotary_dim=2), "rotary_dim"),
-        (dict(rotary_dim=4), "rotary_dim"),  # = d_head, but Llama reads back None: not the same Arch
         (dict(rotary_style="interleaved"), "rotary_style"),
         (dict(norm="layernorm"), "norm"),
         (dict(norm_placement="sandwich"), "norm_placement"),
