@@ -1,0 +1,202 @@
+"""OLMo 2 adapter: agreement with the reference (float32 steps as shipped, then kept in float64), exact round
+trips, the model left as it was, and what OLMo 2 cannot express."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from hypothesis import given, note
+from hypothesis import strategies as st
+from transformers import Olmo2Config, Olmo2ForCausalLM
+from transformers.models.olmo2 import modeling_olmo2
+
+from circuitproof import Arch, UnsupportedError
+from circuitproof.numeric import Weights, run
+from circuitproof.numeric.adapters import adapt, adapter_class, build
+from circuitproof.properties.strategies import family_archs, tokens, weights
+
+from ._agreement import COMPARED, assert_traces_agree, relative_error
+
+FAMILY = "olmo2"
+Olmo2Adapter = adapter_class(FAMILY)
+FIELDS = (*COMPARED, "embed", "v", "z", "mlp_pre", "mlp_post", "logits_raw")
+PINNED = {k: v for k, v in Olmo2Adapter.pinned.items() if not k.startswith("_")}
+BASE = Olmo2Adapter.project(Arch(n_layers=2, n_heads=2, d_model=8, d_head=4, d_vocab=10, **PINNED))
+# OLMo 2 runs RMSNorm (the output norms, the final norm and the QK-norms), the rotary tables and the
+# softmax in float32 whatever the model's dtype (Olmo2Adapter.below_dtype_steps). Each such step rounds
+# to float32's unit roundoff u = 2**-24 = 6e-8; the drawn models then amplify it: rotary angles up to
+# 15 rad are formed in float32 (~15 u), QK-normed scores up to ~10 enter exp (x10), an output RMSNorm
+# divides by the rms of one position, which can be 1e-3 of the sublayer's scale elsewhere (x1e3, at most
+# max|x| / sqrt(eps)), dot products over d_model or d_mlp as small as 1 or 2 cancel, and up to three
+# layers compound. There is no small universal bound: over 6000 drawn models the error was 1.3e-7 (2 u)
+# at the median, 8e-6 at the 99.9th percentile and 3.0e-5 (500 u) at worst; Gemma 2, whose sandwich
+# norms amplify the same way, reached 2.2e-4. The tolerance 1e-3 (1.7e4 u) is Gemma 2's, for the same
+# reasons; test_float64_steps_agree_to_1e_9 shows that the whole difference is precision.
+RTOL_FLOAT32_STEPS = 1e-3
+RTOL_FLOAT64 = 1e-9
+
+
+# ----------------------------------------------------------------- float32 steps kept in float64
+def _rmsnorm_in_dtype(self, x):
+    """Olmo2RMSNorm.forward without its float32 cast: w * x / sqrt(mean(x^2) + eps) in x's dtype."""
+    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
+def _rotary_in_float64(self, x, position_ids):
+    """Olmo2RotaryEmbedding.forward with inverse frequencies, angles, cos and sin in float64."""
+    dim = 2 * self.inv_freq.numel()
+    inv_freq = self.config.rope_parameters["rope_theta"] ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = position_ids[..., None].double() * inv_freq  # [B, P, dim/2]
+    emb = torch.cat((angles, angles), dim=-1)  # rotate_half pairs k with k + dim/2
+    return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+_softmax = torch.nn.functional.softmax
+
+
+def _softmax_keeping_float64(input, dim=None, _stacklevel=3, dtype=None):
+    """F.softmax, ignoring a dtype=torch.float32 request on a float64 input."""
+    if dtype == torch.float32 and input.dtype == torch.float64:
+        dtype = None
+    return _softmax(input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
+
+
+@contextlib.contextmanager
+def float64_steps():
+    """OLMo 2 with its float32 steps computed in the model's dtype; everything restored on exit."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modeling_olmo2.Olmo2RMSNorm, "forward", _rmsnorm_in_dtype)
+        mp.setattr(modeling_olmo2.Olmo2RotaryEmbedding, "forward", _rotary_in_float64)
+        mp.setattr(torch.nn.functional, "softmax", _softmax_keeping_float64)
+        yield
+
+
+# ---------------------------------------------------------------------------------- agreement
+def _agree(data: st.DataObject, rtol: float, fields: tuple[str, ...], norms: bool) -> None:
+    """The real trace of a drawn model against the reference: ``fields`` (and every norm's input and output)."""
+    arch = data.draw(family_archs(FAMILY), label="arch")
+    w = data.draw(weights(arch), label="weights")
+    toks = data.draw(tokens(arch), label="tokens")
+    real, ref = adapt(build(arch, w, FAMILY)).trace(toks), run(arch, w, toks)
+    errors = assert_traces_agree(real, ref, rtol, fields)
+    for slot, expected in ref.norms.items() if norms else ():
+        for part in ("input", "output"):
+            errors[f"norm.{slot}.{part}"] = err = relative_error(getattr(real.norms[slot], part), getattr(expected, part))
+            assert err <= rtol, f"norm {slot} {part} differs by {err:.3e} relative (tolerance {rtol:g})"
+    note(f"worst: {max(errors.values()):.2e}; {errors}")
+
+
+@given(data=st.data())
+def test_agrees_with_reference(data):
+    _agree(data, RTOL_FLOAT32_STEPS, COMPARED, norms=False)
+
+
+@given(data=st.data())
+def test_float64_steps_agree_to_1e_9(data):
+    with float64_steps():
+        _agree(data, RTOL_FLOAT64, FIELDS, norms=True)  # every observed field, every norm
+
+
+def test_float64_steps_patch_is_restored():
+    with float64_steps():
+        assert modeling_olmo2.Olmo2RMSNorm.forward is _rmsnorm_in_dtype
+    assert modeling_olmo2.Olmo2RMSNorm.forward is not _rmsnorm_in_dtype
+    assert torch.nn.functional.softmax is _softmax
+
+
+# ---------------------------------------------------------------------------------- round trip
+@given(arch=family_archs(FAMILY), seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
+def test_round_trip_is_exact(arch, seed, dtype):
+    w = Weights.random(arch, seed, dtype=dtype)
+    model = build(arch, w, FAMILY)
+    assert next(model.parameters()).dtype == dtype and not model.training
+    back = adapt(model)
+    assert back.arch == arch
+    assert back.weights.equal(w)
+
+
+def _tiny_config(**changes: object) -> Olmo2Config:
+    sizes = dict(vocab_size=10, hidden_size=8, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    no_tokens = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    return Olmo2Config(**{**sizes, **no_tokens, "max_position_embeddings": 8, **changes})
+
+
+def test_reads_a_config_without_head_dim():
+    """An OLMo 2 configured as published (no head_dim: hidden_size // num_attention_heads, untied, biases off),
+    made by transformers, not by build: read and traced."""
+    torch.manual_seed(0)
+    model = Olmo2ForCausalLM(_tiny_config()).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)  # gains away from 1
+    a = adapt(model)
+    assert (a.arch.d_head, a.arch.n_kv_heads, a.arch.tied, a.arch.q_bias, a.arch.act) == (4, 1, False, False, "silu")
+    assert a.weights.ln_q_w.shape == (2, 8) and a.weights.ln_k_w.shape == (2, 4)
+    toks = torch.tensor([[1, 5, 2, 9, 0, 3, 3, 7]])
+    assert_traces_agree(a.trace(toks), run(a.arch, a.weights, toks), RTOL_FLOAT32_STEPS, FIELDS)
+
+
+# ------------------------------------------------------------------------------ model state
+def _state(model: torch.nn.Module) -> tuple:
+    hooks = [(n, len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()]
+    hooks = [h for h in hooks if h[1] or h[2]]  # every module with a hook left on it
+    return model.training, model.config._attn_implementation, hooks, {n: p.dtype for n, p in model.named_parameters()}
+
+
+def test_trace_leaves_the_model_as_it_was():
+    model = build(BASE, Weights.random(BASE, 1), FAMILY)
+    model.set_attn_implementation("sdpa")
+    model.train()
+    before = _state(model)
+    assert before[:3] == (True, "sdpa", [])
+    adapter = adapt(model)
+    trace = adapter.trace(torch.tensor([[1, 2, 3]]))
+    assert trace.pattern.shape == (2, 1, 2, 3, 3)
+    assert _state(model) == before
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model.model.layers[1].mlp, "forward", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            adapter.trace(torch.tensor([[1, 2, 3]]))
+    assert _state(model) == before
+
+
+# ------------------------------------------------------------------------------- unsupported
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}, "rope_type"),
+        ({"hidden_act": "relu6"}, "hidden_act"),
+    ],
+)
+def test_unsupported_config_names_the_field(changes, field):
+    model = Olmo2ForCausalLM(_tiny_config(**changes))
+    with pytest.raises(UnsupportedError, match=field):
+        adapt(model)
+
+
+@pytest.mark.parametrize(
+    "changes, feature",
+    [
+        ({"norm_placement": "sandwich"}, "norm_placement='sandwich'"),
+        ({"qk_norm": "per_head"}, "qk_norm='per_head'"),
+        ({"norm_gain": "one_plus_w"}, "norm_gain='one_plus_w'"),
+        ({"attn_softcap": 5.0}, "attn_softcap=5.0"),
+        ({"logit_softcap": 5.0}, "logit_softcap=5.0"),
+        ({"sliding_window": 2, "sliding_layers": (0,)}, "sliding_window=2"),
+        ({"attn_scale": 1.0}, "attn_scale=1.0"),
+        ({"embed_scale": 2.0}, "embed_scale=2.0"),
+        ({"o_bias": True}, "o_bias=True"),
+        ({"rotary_dim": 2}, "rotary_dim=2"),
+    ],
+)
+def test_build_rejects_what_olmo2_cannot_express(changes, feature):
+    arch = BASE.replace(**changes)
+    with pytest.raises(UnsupportedError, match=feature):
+        build(arch, Weights.random(arch, 0), FAMILY)
