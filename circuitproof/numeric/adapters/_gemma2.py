@@ -5,7 +5,7 @@ The block, in the row convention of DESIGN.md (``n`` an RMSNorm with gain ``1 + 
     x_0 = m W_E[t]                                        m: the embed_tokens.embed_scale buffer
     x = x + n_attn_out(attn(n_attn_in(x)))                 post_attention_layernorm(self_attn(input_layernorm(x)))
     x = x + n_mlp_out(mlp(n_mlp_in(x)))                    post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))
-    logits = c tanh((n_final(x_L) W_E^T) / c)             c = final_logit_softcapping
+    logits = c tanh((n_final(x_L) W_U) / c)               c = final_logit_softcapping
 
 Weight conversions (transformers stores ``nn.Linear`` weights as ``[out, in]``;
 canonical weights are ``[in, out]`` rows, DESIGN.md):
@@ -49,6 +49,12 @@ canonical weights are ``[in, out]`` rows, DESIGN.md):
   is read from that buffer, exactly; ``build`` writes it back.
 - Unembedding: ``lm_head.weight`` ``[V, D]``: ``W_U = weight.T``; tied (the
   default) when it is ``embed_tokens.weight``.
+
+Trace: hooks on the model's own modules; ``q``, ``k`` and ``scores`` are None
+(rotary and the scores live inside the attention function, not in a module), norm
+scales are None; ``v`` is the ``v_proj`` output, ``z`` the ``o_proj`` input,
+``mlp_pre`` the ``up_proj`` output, ``mlp_post`` the ``down_proj`` input,
+``logits_raw`` the ``lm_head`` output. The Llama-like helpers below are shared with :mod:`._olmo2`.
 """
 
 from __future__ import annotations
@@ -153,7 +159,7 @@ def read_unembed(name: str, model: torch.nn.Module, arch: Arch) -> dict[str, tor
 
 
 def hook_layers(rec: Recorder, model: torch.nn.Module) -> None:
-    """Hooks shared by Llama-like decoders: streams (but resid_mid), attention output and pattern, z, v, MLP, raw logits."""
+    """Hooks shared by Llama-like decoders: streams (not resid_mid), attention output and pattern, z, v, MLP, raw logits."""
     first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
     rec.output(model.model.embed_tokens, "embed")
     for layer in model.model.layers:
