@@ -1,0 +1,177 @@
+"""Binding the claims' atoms to a Trace and Weights, and the weight transformations of the claims that run the model twice.
+
+:func:`circuitproof.numeric.bind.bind` supplies the atoms of the catalogue; the
+identities of :mod:`circuitproof.symbolic.claims_extra` add a few kinds, bound here
+(shapes: B batch, P positions; a leading batch axis where the trace has one):
+
+=============== ====================== =====================================================
+kind            shape                  tensor
+=============== ====================== =====================================================
+onehot          [B, P, d_vocab]        one-hot rows of the tokens
+positions       [P, d_model]           ``W_pos[:P]`` (zeros without learned positions)
+embed_gain/bias [d_model, d_model]/[1, d_model]  the embedding norm's ``diag(g)`` and bias
+mask            [P, P]                 0 where the key is visible, ``-inf`` elsewhere
+mlp_input       [B, P, d_model]        what the MLP reads (after its input norm)
+mlp_raw         [B, P, d_model]        the MLP's output, before any output norm
+W_gate, b_gate  [d_model, d_mlp], [1, d_mlp]  (zeros where absent)
+stream_flipped  [B, P, d_model]        ``x_l`` with its positions reversed (a second input)
+in_scale_inv    [B, P, P]              ``diag(1 / s)`` of the attention's input norm: frozen at
+                                       ``x_l``'s scale, or (live) each argument's own
+in_gain/in_bias [d_model, d_model]/[1, d_model]  that norm's ``diag(g)`` and bias
+norm_*          ...                    the norm before ``W_U`` (final, or the transform head's)
+=============== ====================== =====================================================
+
+Values a claim computes itself (gauge matrices, transformed weights, ablated
+logits) are passed in ``given`` by name.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..arch import Arch
+from ..numeric import Trace, Weights
+from ..numeric.bind import Unbindable, bind
+from ..numeric.reference import attention_mask
+from ..numeric.reference import norm as reference_norm
+
+__all__ = ["bind_claim", "EXTRA_KINDS", "gain", "unembed_norm_slot", "input_norm_scale"]
+
+EXTRA_KINDS = frozenset({"onehot", "positions", "embed_gain", "embed_bias", "mask", "mlp_input", "mlp_raw", "W_gate", "b_gate",
+                         "stream_flipped", "in_scale_inv", "in_gain", "in_bias", "norm_out", "norm_input", "norm_scale", "norm_gain",
+                         "norm_bias", "ones_vocab"})
+
+
+def gain(arch: Arch, w: torch.Tensor) -> torch.Tensor:
+    """A norm's effective gain: ``w`` or ``1 + w``."""
+    return 1 + w if arch.norm_gain == "one_plus_w" else w
+
+
+def unembed_norm_slot(arch: Arch) -> str | None:
+    """The norm whose output ``W_U`` reads: "transform" (BERT's head), "final", or None."""
+    if arch.unembed_transform:
+        return "transform"
+    return "final" if arch.final_norm else None
+
+
+def _norm_params(arch: Arch, w: Weights, slot: str, layer: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    g, b = w[f"ln_{slot}_w"], w.get(f"ln_{slot}_b")
+    if layer is not None:
+        g, b = g[layer], (b[layer] if b is not None else None)
+    return g, b
+
+
+def _scale(arch: Arch, w: Weights, slot: str, layer: int | None, x: torch.Tensor) -> torch.Tensor:
+    """The norm's divisor ``s`` of ``x`` ([B, P]), by the norm's own definition."""
+    g, b = _norm_params(arch, w, slot, layer)
+    return reference_norm(arch, x, g, b).scale[..., 0]
+
+
+def input_norm_scale(arch: Arch, w: Weights, trace: Trace, layer: int) -> torch.Tensor:
+    """``s`` of the attention's input norm at ``layer``, as the trace observed it (or from its observed input)."""
+    nt = trace.norms.get("attn_in")
+    if nt is None:
+        raise Unbindable("the trace has no attention input norm")
+    if nt.scale is not None:
+        return nt.scale[layer][..., 0]
+    return _scale(arch, w, "attn_in", layer, nt.input[layer])
+
+
+def _mlp_input(arch: Arch, t: Trace, l: int) -> torch.Tensor:
+    if arch.attn_only:
+        raise Unbindable("an attention-only model has no MLP")
+    if arch.parallel:
+        slot = "attn_in" if arch.parallel_shared_norm else "mlp_in"
+        return t.norms[slot].output[l] if slot in t.norms else t.resid_pre[l]
+    if "mlp_in" in t.norms:
+        return t.norms["mlp_in"].output[l]
+    if t.resid_mid is None:
+        raise Unbindable("the trace has no mid-layer stream, which the MLP reads")
+    return t.resid_mid[l]
+
+
+def _extra(kind: str, idx: tuple, arch: Arch, w: Weights, t: Trace, live: bool) -> torch.Tensor:
+    dtype, (B, P) = t.resid_pre.dtype, t.tokens.shape
+    D = arch.d_model
+    if kind == "onehot":
+        return torch.nn.functional.one_hot(t.tokens, arch.d_vocab).to(dtype)
+    if kind == "positions":
+        return w.W_pos[:P] if arch.positional == "learned" else torch.zeros(P, D, dtype=dtype)
+    if kind == "embed_gain":
+        return torch.diag(gain(arch, w.ln_embed_w))
+    if kind == "embed_bias":
+        return w.ln_embed_b[None]
+    if kind == "mask":
+        return torch.zeros(P, P, dtype=dtype).masked_fill(~attention_mask(arch, idx[0], P), float("-inf"))
+    if kind == "mlp_input":
+        return _mlp_input(arch, t, idx[0])
+    if kind == "mlp_raw":
+        if t.mlp_out is None:
+            raise Unbindable("the trace has no MLP output")
+        return t.mlp_out[idx[0]]
+    if kind == "W_gate":
+        return w.W_gate[idx[0]]
+    if kind == "b_gate":
+        return w.b_gate[idx[0]][None] if "b_gate" in w else torch.zeros(1, arch.d_mlp, dtype=dtype)
+    if kind == "stream_flipped":
+        return t.resid_pre[idx[0]].flip(-2)
+    if kind == "in_scale_inv":
+        l, which = idx
+        x = t.resid_pre[l]
+        if not live or which == "x":
+            s = input_norm_scale(arch, w, t, l)
+        else:
+            arg = x.flip(-2) if which == "y" else x + x.flip(-2)
+            s = _scale(arch, w, "attn_in", l, arg)
+        return torch.diag_embed(1.0 / s)
+    if kind == "in_gain":
+        return torch.diag(gain(arch, w.ln_attn_in_w[idx[0]]))
+    if kind == "in_bias":
+        b = w.get("ln_attn_in_b")
+        return b[idx[0]][None] if b is not None else torch.zeros(1, D, dtype=dtype)
+    if kind == "ones_vocab":
+        return torch.ones(arch.d_vocab, 1, dtype=dtype)
+    slot = unembed_norm_slot(arch)
+    if slot is None or slot not in t.norms:
+        raise Unbindable("no norm stands before the unembedding")
+    nt = t.norms[slot]
+    if kind == "norm_out":
+        return nt.output
+    if kind == "norm_input":
+        return nt.input
+    if kind == "norm_scale":
+        s = nt.scale[..., 0] if nt.scale is not None else _scale(arch, w, slot, None, nt.input)
+        return torch.diag_embed(s)
+    if kind == "norm_gain":
+        return torch.diag(gain(arch, w[f"ln_{slot}_w"]))
+    if kind == "norm_bias":
+        b = w.get(f"ln_{slot}_b")
+        return b[None] if b is not None else torch.zeros(1, D, dtype=dtype)
+    raise Unbindable(f"no tensor for atoms of kind {kind!r}")
+
+
+def bind_claim(atoms: dict[str, tuple[str, tuple]], arch: Arch, weights: Weights, trace: Trace, *,
+               given: dict[str, object] | None = None, live: bool = False) -> dict[str, object]:
+    """``name -> tensor`` for every atom: ``given`` first, then the kinds above, then :func:`~circuitproof.numeric.bind.bind`.
+
+    Dimensions (``d_vocab``, ...) are bound too, for expressions that divide by them.
+    ``live`` binds norm scales from each argument instead of freezing them.
+    """
+    given = given or {}
+    dtype = trace.resid_pre.dtype
+    w = weights.to(dtype) if weights.dtype != dtype else weights
+    env: dict[str, object] = {"d_vocab": float(arch.d_vocab), "d_model": float(arch.d_model), "d_head": float(arch.d_head),
+                              "d_mlp": float(arch.d_mlp)}
+    rest = {}
+    for name, (kind, idx) in atoms.items():
+        if name in given:
+            env[name] = given[name]
+        elif kind in EXTRA_KINDS:
+            try:
+                env[name] = _extra(kind, idx, arch, w, trace, live)
+            except (KeyError, AttributeError) as err:
+                raise Unbindable(f"{name} ({kind}): {err}") from None
+        else:
+            rest[name] = (kind, idx)
+    env.update(bind(rest, arch, w, trace, scalars={"embed_scale": arch.embed_scale}))
+    return env

@@ -1,0 +1,286 @@
+"""The claims catalogue: every claim of DESIGN.md as a :class:`Claim` that evaluates the symbolic layer's identities.
+
+``CLAIMS`` maps each claim id to its Claim; ``claim.check(arch, weights, trace)``
+returns :class:`Evidence` (verdict, max abs and relative error, the worst
+instance, layer, head, batch and position, the tolerance and why). What each
+claim evaluates:
+
+=================================== =========================================================================
+claim                               evaluated (``claims_extra`` unless named)
+=================================== =========================================================================
+embedding.x0                        ``embedding_x0``: x_0 from the tokens' one-hot rows, W_pos, m and the embedding norm
+residual.additive                   ``additive_at`` for every layer
+residual.expansion                  ``residual.unrolled_expansion(kind, L)``
+attention.head_sum                  ``attention.head_sum(H, l)`` for every layer
+attention.qk_circuit                ``qk_pattern`` (the pattern) and ``attention.qk_circuit`` (the scores, where observed)
+attention.key_bias_invariance       ``key_bias_invariance``: the pattern without b_K's terms
+attention.ov_circuit                ``attention.ov_circuit(l, h)``
+attention.linear_given_pattern      ``head_affine``: h(x + y) = h(x) + h(y) - h(0), scale frozen (dropped: live)
+attention.gauge                     ``gauge_scores``, ``gauge_ov``, and a rerun with the gauged weights (logits, patterns)
+mlp.formula                         ``mlp_formula`` for every layer
+logits.linear_in_final_resid        ``logits.linear_in_final_resid(L)``
+logits.decomposition                ``logits.unrolled_decomposition(kind, final norm, L)``
+logits.heads_only                   ``logits.heads_only(L, H)``
+paths.attention_only                ``paths.path_expansion(L, H)``
+ablation.direct_effect              ``direct_effect_rerun`` with each last-layer head ablated in a rerun
+norm.folding                        ``fold_and_centre_final`` on the trace, and a rerun with every norm folded (log-probs)
+=================================== =========================================================================
+
+Concrete identities are built once per shape (layer, head, block kind) and cached.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..arch import Arch
+from ..symbolic import ALWAYS, Assumption
+from ..symbolic import claims_extra as ce
+from ..symbolic.attention import NO_ROTARY, NO_SOFTCAP, head_sum, ov_circuit, qk_circuit
+from ..symbolic.logits import NO_FINAL_NORM, NO_LOGIT_SOFTCAP, NO_TRANSFORM_HEAD, heads_only, linear_in_final_resid, unrolled_decomposition
+from ..symbolic.norms import PRE_NORM
+from ..symbolic.paths import ATTN_ONLY_FROZEN, path_expansion
+from ..symbolic.residual import NO_POST_NORM, block_kind, unrolled_expansion
+from ._claim import Claim, Comparison, Context, Instance, rerun_or_reference
+from ._evidence import Evidence
+
+__all__ = ["Claim", "Evidence", "CLAIMS", "NO_OUTPUT_NORM", "HAS_MLP"]
+
+PAPER = "Elhage et al. 2021, A Mathematical Framework for Transformer Circuits"
+HAS_MLP = Assumption("an MLP", "an attention-only model has no MLP to check", lambda a: a.has_mlp)
+NO_OUTPUT_NORM = Assumption("no norm on a sublayer's output", "an output, sandwich or post norm rescales every head's write before it "
+                            "reaches the stream", lambda a: not a.has_norm or a.norm_placement == "pre")
+
+
+def _heads(arch: Arch) -> list[tuple[int, int]]:
+    return [(l, h) for l in range(arch.n_layers) for h in range(arch.n_heads)]
+
+
+def _input_norm(arch: Arch) -> str:
+    """The norm the attention reads through: the Arch's norm if it has an ``attn_in`` slot, else "none"."""
+    return arch.norm if "attn_in" in arch.norm_slots() else "none"
+
+
+# ------------------------------------------------------------------ instances, cached per shape
+@functools.lru_cache(maxsize=64)
+def _x0(learned: bool, embed_norm: str, eps: float) -> tuple[Instance, ...]:
+    return (Instance("embedding.x0", ce.embedding_x0(learned, embed_norm, eps)),)
+
+
+@functools.lru_cache(maxsize=64)
+def _additive(kind: str, L: int) -> tuple[Instance, ...]:
+    return tuple(Instance(f"residual.additive[l={l}]", ce.additive_at(kind, l), layer=l) for l in range(L))
+
+
+@functools.lru_cache(maxsize=64)
+def _expansion(kind: str, L: int) -> tuple[Instance, ...]:
+    return (Instance(f"residual.expansion[L={L}]", unrolled_expansion(kind, L)),)
+
+
+@functools.lru_cache(maxsize=64)
+def _head_sum(L: int, H: int) -> tuple[Instance, ...]:
+    return tuple(Instance(f"attention.head_sum[l={l}]", head_sum(H, l, o_bias=True), layer=l) for l in range(L))
+
+
+@functools.lru_cache(maxsize=32)
+def _generic(which: str, *flags: object) -> tuple[tuple[str, object, bool], ...]:
+    """(label, identity with symbolic l and h, optional) for one head; built once, evaluated for every head."""
+    return {
+        "qk": lambda: (("attention.qk_circuit.pattern", ce.qk_pattern(), False), ("attention.qk_circuit.scores", qk_circuit(), True)),
+        "key_bias": lambda: (("attention.key_bias_invariance", ce.key_bias_invariance(), False),),
+        "ov": lambda: (("attention.ov_circuit", ov_circuit(), False),),
+        "affine": lambda: (("attention.linear_given_pattern", ce.head_affine(*flags), False),),
+        "gauge": lambda: (("attention.gauge.scores", ce.gauge_scores(), False), ("attention.gauge.ov", ce.gauge_ov(), False)),
+    }[which]()
+
+
+@functools.lru_cache(maxsize=1024)
+def _per_head(which: str, l: int, h: int, *flags: object) -> tuple[Instance, ...]:
+    return tuple(Instance(f"{label}[l={l},h={h}]", identity, l, h, optional) for label, identity, optional in _generic(which, *flags))
+
+
+def _each_head(which: str, *flags):
+    def instances(arch: Arch) -> tuple[Instance, ...]:
+        extra = tuple(f(arch) for f in flags)
+        return tuple(i for l, h in _heads(arch) for i in _per_head(which, l, h, *extra))
+
+    return instances
+
+
+@functools.lru_cache(maxsize=64)
+def _mlp(L: int, gated: bool, act: str) -> tuple[Instance, ...]:
+    return tuple(Instance(f"mlp.formula[l={l}]", ce.mlp_formula(gated, act), layer=l) for l in range(L))
+
+
+@functools.lru_cache(maxsize=16)
+def _linear(L: int) -> tuple[Instance, ...]:
+    return (Instance(f"logits.linear_in_final_resid[L={L}]", linear_in_final_resid(L)),)
+
+
+@functools.lru_cache(maxsize=64)
+def _decomposition(kind: str, final: str, L: int) -> tuple[Instance, ...]:
+    return (Instance(f"logits.decomposition[L={L}]", unrolled_decomposition(kind, final, L)),)
+
+
+@functools.lru_cache(maxsize=64)
+def _heads_only(L: int, H: int) -> tuple[Instance, ...]:
+    return (Instance(f"logits.heads_only[L={L},H={H}]", heads_only(L, H)),)
+
+
+@functools.lru_cache(maxsize=64)
+def _paths(L: int, H: int) -> tuple[Instance, ...]:
+    return (Instance(f"paths.attention_only[L={L},H={H}]", path_expansion(L, H)),)
+
+
+@functools.lru_cache(maxsize=64)
+def _direct(L: int, H: int) -> tuple[Instance, ...]:
+    return tuple(Instance(f"ablation.direct_effect[l={L - 1},h={h}]", ce.direct_effect_rerun(L - 1, h), L - 1, h) for h in range(H))
+
+
+@functools.lru_cache(maxsize=16)
+def _folding(norm: str, L: int) -> tuple[Instance, ...]:
+    return (Instance(f"norm.folding[{norm}]", ce.fold_and_centre_final(norm, L)),)
+
+
+def _unembed_norm(arch: Arch) -> str:
+    return arch.norm if (arch.unembed_transform or arch.final_norm) else "none"
+
+
+# ------------------------------------------------------------------ reruns
+def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
+    """Gauge every head (M, N per key/value head), rerun, compare logits and patterns; bind M, N and the primed weights."""
+    from ._transforms import gauge_matrices, gauged_weights
+
+    arch, w = ctx.arch, ctx.weights
+    M, N, note = gauge_matrices(arch, general_qk=not ctx.assume)
+    gauged = gauged_weights(arch, w, M, N)
+    ctx.notes.append(note)
+    kv, dtype = arch.group_size, ctx.trace.resid_pre.dtype
+    for inst in instances:
+        l, h = inst.layer, inst.head
+        k = h // kv
+        values = {"M": M[l, k], "N": N[l, k]}
+        for name, idx in (("W_Q", h), ("W_O", h), ("W_K", k), ("W_V", k), ("b_Q", h), ("b_K", k), ("b_V", k)):
+            if name.startswith("b_"):
+                values[f"{name}'"] = gauged[name][l, idx][None] if name in gauged else torch.zeros(1, arch.d_head, dtype=dtype)
+            else:
+                values[f"{name}'"] = gauged[name][l, idx]
+        given = ctx.given_at.setdefault((l, h), {})
+        for atom, (kind, _) in inst.compiled.atoms.items():
+            if kind in ("gauge", "gauged"):
+                given[atom] = values[atom.split("_{")[0]].to(dtype)
+    rerun = rerun_or_reference(ctx, arch, gauged)
+    ctx.comparisons.append(Comparison("forward pass with the gauged weights: logits", rerun.logits, ctx.trace.logits))
+    for l, h in _heads(arch):
+        ctx.comparisons.append(Comparison("forward pass with the gauged weights: pattern", rerun.pattern[l, :, h],
+                                          ctx.trace.pattern[l, :, h], l, h))
+
+
+def _prepare_ablation(ctx: Context, instances: tuple[Instance, ...]) -> None:
+    """Zero-ablate each last-layer head in a rerun; bind its logits as ``logits^{ablated}``."""
+    from ._transforms import ablated_weights
+
+    last = ctx.arch.n_layers - 1
+    for inst in instances:
+        trace = rerun_or_reference(ctx, ctx.arch, ablated_weights(ctx.weights, last, inst.head))
+        ctx.given[f"logits^{{ablated}}_{{{last},{inst.head}}}"] = trace.logits
+
+
+def _prepare_folding(ctx: Context, instances: tuple[Instance, ...]) -> None:
+    """Fold every foldable norm and centre W_U (the symbolic definitions), rerun, compare log-probabilities; bind the centred weights."""
+    from ..symbolic import norms
+    from ..symbolic._compile import compile_expr
+    from ._bindings import bind_claim
+    from ._transforms import folded
+
+    arch2, w2, done = folded(ctx.arch, ctx.weights)
+    ctx.notes.append(f"folded {', '.join(done) or 'no norm'}; W_U centred")
+    trace2 = rerun_or_reference(ctx, arch2, w2)
+    ctx.comparisons.append(Comparison("log-probabilities after folding", trace2.logits.log_softmax(-1), ctx.trace.logits.log_softmax(-1)))
+    # the identity at W_U reads the folded and centred unembedding: its own definitions, evaluated in derivation order
+    base = {"W_U": ("W_U", ()), "b_U": ("b_U", ()), "1_{V}": ("ones_vocab", ())}
+    if _unembed_norm(ctx.arch) != "none":
+        base.update({"G": ("norm_gain", ()), "b_{N}": ("norm_bias", ()), "C": ("centring", ())})
+    env = bind_claim(base, ctx.arch, ctx.weights, ctx.trace)
+    for inst in instances:
+        for atom, definition in norms.definitions(inst.identity):
+            if atom.name.startswith("N_{"):
+                continue  # the norm's output: bound from the trace, not from its definition
+            env[atom.name] = compile_expr(definition.expand().doit())(env)
+        ctx.given.update({n: env[n] for n, (kind, _) in inst.compiled.atoms.items() if kind == "centred"})
+
+
+# ------------------------------------------------------------------ the catalogue
+def _claim(id: str, statement: str, source: str, holds_when: str, conditions: tuple, where: dict, instances, prepare=None) -> Claim:
+    return Claim(id, statement, source, holds_when, conditions, where, instances, prepare)
+
+
+_NO_ROTARY_DRAW = dict(qk_norm="none", attn_softcap=None)
+
+CLAIMS: dict[str, Claim] = {c.id: c for c in (
+    _claim("embedding.x0", "x_0 = m (W_E[t] + W_pos[p]), then the embedding norm if any",
+           f"seed: 'Tokens -> Embedding: [e1] [e2] [e3]'; {PAPER}, 'Transformer Overview'",
+           "always, with the Arch's multiplier and positions",
+           (ALWAYS,), {}, lambda a: _x0(a.positional == "learned", a.norm if a.embed_norm else "none", float(a.norm_eps))),
+    _claim("residual.additive", "x_{l+1} = x_l + attn_l + mlp_l (parallel: both read x_l; sequential: the MLP reads x_l + attn_l)",
+           "seed: 'x_{l+1} = x + Attn(x) + MLP(x + Attn(x))'; 'Every transformer layer ... writes an additive update back to it'",
+           "no post-norm; fails for BERT's post-norm", (NO_POST_NORM,), {}, lambda a: _additive(block_kind(a), a.n_layers)),
+    _claim("residual.expansion", "x_L = x_0 + sum_l (attn_l + mlp_l)",
+           "seed: 'Expanded over all layers: x_L = x_0 + sum f(x)'", "no post-norm, every L (proof by induction)", (NO_POST_NORM,), {},
+           lambda a: _expansion(block_kind(a), a.n_layers)),
+    _claim("attention.head_sum", "attn_l = sum_h head_{l,h} + b_O", "seed: 'Each f decomposes as: f = sum_h Attn_h + MLP'; "
+           f"{PAPER}, 'Attention Heads are Independent and Additive'", "always (GQA: per query head)", (ALWAYS,), {},
+           lambda a: _head_sum(a.n_layers, a.n_heads)),
+    _claim("attention.qk_circuit", "scores = x W_QK x^T * scale + bias terms; pattern = softmax(mask(scores))",
+           "seed: 'alpha_ij = softmax_j(x_i^T W_Q^T W_K x_j / sqrt(d))'; "
+           "'The product W_Q^T W_K ... fully characterises the attention pattern'",
+           "no rotary and no QK-norm (and no score softcap); with rotary the bilinear form depends on the offset",
+           (NO_ROTARY, NO_SOFTCAP), dict(_NO_ROTARY_DRAW), _each_head("qk")),
+    _claim("attention.key_bias_invariance", "the terms of b_K constant along the key axis cancel in the softmax",
+           f"{PAPER}, 'Summarizing Attention Heads' (biases folded away)", "always per DESIGN; evaluated where the scores are "
+           "bilinear (no rotary, QK-norm or score softcap: under rotary b_K is rotated by the key's position and does not cancel)",
+           (NO_ROTARY, NO_SOFTCAP), dict(_NO_ROTARY_DRAW), _each_head("key_bias")),
+    _claim("attention.ov_circuit", "head_i = sum_j A_ij x_j W_OV + b_V W_O",
+           "seed: 'Delta x_i = sum_j alpha_ij W_O W_V x_j'; 'The OV circuit - W_V W_O, again a single matrix'",
+           "always, x the normalised input",
+           (ALWAYS,), {}, _each_head("ov")),
+    _claim("attention.linear_given_pattern", "with pattern and norm scales frozen, a head is affine in the stream",
+           "seed: 'for a fixed attention pattern, the head's contribution is a linear function of the residual stream'",
+           "always with the scales frozen; with live norms it is not", (ce.FROZEN_SCALE,), {}, _each_head("affine", _input_norm)),
+    _claim("attention.gauge", "W_Q M, W_K M^-T and W_V N, N^-1 W_O leave the forward pass unchanged",
+           f"seed: 'You do not need to reason about W_Q and W_K independently'; {PAPER}, 'Summarizing Attention Heads'",
+           "QK part: no rotary, no QK-norm (or M commuting with them: under rotary M is a scaled rotation in each pair; "
+           "under QK-norm M = I)",
+           (ALWAYS,), {}, _each_head("gauge"), _prepare_gauge),
+    _claim("mlp.formula", "mlp(x) = act(x W_in + b_in) W_out + b_out (gated: (act(x W_gate) * x W_in) W_out)",
+           f"{PAPER}, 'Transformer Overview'", "always (where there is an MLP)", (HAS_MLP,), dict(attn_only=False),
+           lambda a: _mlp(a.n_layers, a.gated, a.act)),
+    _claim("logits.linear_in_final_resid", "logits = x_L W_U + b_U", "seed: 'The final logits are linear in x_L: logits = W_U x_L'",
+           "no final norm and no logit softcap (and no transform head)", (NO_FINAL_NORM, NO_LOGIT_SOFTCAP, NO_TRANSFORM_HEAD),
+           dict(final_norm=False, logit_softcap=None, unembed_transform=False), lambda a: _linear(a.n_layers)),
+    _claim("logits.decomposition", "logits = sum_c (c / s_final) W_U + remainder, over x_0, every head, every MLP, every bias",
+           "seed: 'the model's output logits decompose exactly into a sum of per-head and per-layer contributions'",
+           "exact with the final norm's scale frozen and no softcap", (NO_POST_NORM, NO_LOGIT_SOFTCAP, NO_TRANSFORM_HEAD),
+           dict(logit_softcap=None, unembed_transform=False), lambda a: _decomposition(block_kind(a), _unembed_norm(a), a.n_layers)),
+    _claim("logits.heads_only", "logits = x_0 W_U + sum_{l,h} head_{l,h} W_U",
+           "seed: 'logits = W_U x_L = W_U x_0 + sum_{l,h} W_U Attn_h(x)'; 'There is no approximation here. This is an exact identity.'",
+           "attention-only, no biases, no final norm (and no norm on a sublayer's output)",
+           tuple(heads_only(1, 1).assumptions) + (NO_POST_NORM, NO_OUTPUT_NORM),
+           dict(attn_only=True, o_bias=False, v_bias=False, unembed_bias=False, logit_softcap=None, final_norm=False),
+           lambda a: _heads_only(a.n_layers, a.n_heads)),
+    _claim("paths.attention_only", "the (1+H)^L path expansion with virtual weights", f"{PAPER}, 'Path Expansion of Logits' and "
+           "'Virtual Attention Heads'", "attention-only, frozen patterns (no norms, no b_V or b_O)", ATTN_ONLY_FROZEN,
+           dict(attn_only=True, norm="none", v_bias=False, o_bias=False), lambda a: _paths(a.n_layers, a.n_heads)),
+    _claim("ablation.direct_effect", "zero-ablating a last-layer head moves the logits by exactly -head W_U",
+           "seed: 'we can ask: what does the model compute counterfactually if we ablate v? The linear structure makes such "
+           "interventions clean.'", "no final norm (or its scale frozen), no softcap; and nothing but W_U reads the head "
+           "(attention-only or parallel last layer, no output norm)", (NO_FINAL_NORM, NO_LOGIT_SOFTCAP, NO_TRANSFORM_HEAD, ce.DIRECT_PATH),
+           dict(final_norm=False, logit_softcap=None, unembed_transform=False), lambda a: _direct(a.n_layers, a.n_heads),
+           _prepare_ablation),
+    _claim("norm.folding", "folding norm gains/biases and centring W_U leave log-probabilities unchanged",
+           f"{PAPER}, 'Additional Intuition and Observations' (layer norm folding); TransformerLens fold_ln, center_unembed",
+           "pre-norm layernorm / rmsnorm, no logit softcap", (PRE_NORM, NO_LOGIT_SOFTCAP), dict(logit_softcap=None),
+           lambda a: _folding(_unembed_norm(a), a.n_layers), _prepare_folding),
+)}
