@@ -29,8 +29,9 @@ from ._evidence import FAIL, INCONCLUSIVE, NOT_APPLICABLE, PASS, Evidence, Where
 __all__ = ["Claim", "Instance", "Comparison", "Context", "rerun_or_reference", "RTOL_FLOAT64", "RTOL_FLOAT32", "default_tolerance"]
 
 RTOL_FLOAT64 = 1e-10
-RTOL_FLOAT64_REASON = ("float64 throughout: rounding through these few products and sums is ~1e-15 relative, so 1e-10 leaves room "
-                       "only for rounding, never for a missing term (a dropped bias, head or scale moves the result by O(1))")
+RTOL_FLOAT64_REASON = ("float64 throughout: rounding through these few products and sums is ~1e-15 of the magnitude of their terms, "
+                       "so 1e-10 leaves room only for rounding, never for a missing term (a dropped bias, head or scale moves the "
+                       "result by O(1))")
 RTOL_FLOAT32 = 1e-4
 RTOL_FLOAT32_REASON = ("float32 arithmetic (unit roundoff 6e-8): each step perturbs by <= 1e-6 relative; through <= 3 layers of O(1)-gain "
                        "random weights we allow an amplification of 100 (tests/numeric/adapters/test_llama.py measured <= 2.3e-5)")
@@ -43,17 +44,18 @@ def default_tolerance(trace: Trace) -> tuple[float, str]:
     return RTOL_FLOAT32, RTOL_FLOAT32_REASON
 
 
-_COMPILED: dict[int, object] = {}
+_COMPILED: dict[int, tuple] = {}
 
 
-def _compiled(identity: Identity):
-    """The identity compiled once (identities are cached and immutable, so their id is a stable key)."""
+def _compiled(identity: Identity) -> tuple:
+    """(compiled identity, magnitude of its rhs), once per identity (cached and immutable: its id is a stable key)."""
     key = id(identity)
     if key not in _COMPILED:
-        from ..symbolic.claims_extra import compile_identity_extra
+        from ..symbolic.claims_extra import compile_identity_extra, compile_magnitude
 
-        _COMPILED[key] = (identity, compile_identity_extra(identity))  # keep the identity alive with its key
-    return _COMPILED[key][1]
+        # keep the identity alive with its key
+        _COMPILED[key] = (identity, compile_identity_extra(identity), compile_magnitude(identity.rhs))
+    return _COMPILED[key][1:]
 
 
 def _concrete(index: tuple, layer: int | None, head: int | None) -> tuple:
@@ -79,7 +81,12 @@ class Instance:
 
     @property
     def compiled(self):
-        return _compiled(self.identity)
+        return _compiled(self.identity)[0]
+
+    @property
+    def magnitude(self):
+        """``f(env)``: the magnitude of the terms of the identity's rhs (the scale errors are measured against)."""
+        return _compiled(self.identity)[1]
 
     @functools.cached_property
     def atoms(self) -> dict[str, tuple[str, tuple]]:
@@ -113,8 +120,19 @@ class Context:
     comparisons: list[Comparison] = field(default_factory=list)
 
 
-def _difference(lhs: object, rhs: object) -> tuple[float, float, tuple[int, ...], tuple[int, ...]]:
-    """(max abs error, relative error, index of the worst entry, shape) of two broadcastable sides."""
+def _finite_max(t: torch.Tensor) -> float:
+    finite = t[torch.isfinite(t)]
+    return float(finite.abs().max()) if finite.numel() else 0.0
+
+
+def _difference(lhs: object, rhs: object, magnitude: object | None = None) -> tuple[float, float, tuple[int, ...], tuple[int, ...]]:
+    """(max abs error, relative error, index of the worst entry, shape) of two broadcastable sides.
+
+    The error is relative to the scale of the compared quantity: the largest entry of
+    ``rhs``, or of ``magnitude`` (the magnitude of the terms that make up ``rhs``,
+    ``claims_extra.compile_magnitude``) where that is larger, so that a result small by
+    cancellation is measured against what cancelled.
+    """
     a, b = torch.as_tensor(lhs), torch.as_tensor(rhs)
     if a.dtype != b.dtype:
         a, b = a.double(), b.double()
@@ -128,11 +146,7 @@ def _difference(lhs: object, rhs: object) -> tuple[float, float, tuple[int, ...]
     flat = int(diff.argmax())
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
     max_abs = float(diff.max())
-    finite_b = b[torch.isfinite(b)]
-    scale = float(finite_b.abs().max()) if finite_b.numel() else 0.0
-    if scale == 0.0:
-        finite_a = a[torch.isfinite(a)]
-        scale = float(finite_a.abs().max()) if finite_a.numel() else 0.0
+    scale = max(_finite_max(b), _finite_max(torch.as_tensor(magnitude)) if magnitude is not None else 0.0) or _finite_max(a)
     rel = 0.0 if max_abs == 0.0 else (max_abs / scale if scale > 0 else float("inf"))
     return max_abs, rel, index, tuple(diff.shape)
 
@@ -179,7 +193,9 @@ class Claim:
               rerun: Callable[[Arch, Weights], Trace] | None = None, assume: bool = True) -> Evidence:
         """Evaluate the claim on ``trace`` (a forward pass of ``arch`` with ``weights``).
 
-        ``rtol`` (default: :func:`default_tolerance`) bounds ``max|lhs - rhs| / max|rhs|``.
+        ``rtol`` (default: :func:`default_tolerance`) bounds ``max|lhs - rhs| / scale``, the
+        scale being ``max|rhs|`` or, where larger, the magnitude of the terms that make up
+        ``rhs`` (``|a| |b|`` for a product: cancellation does not shrink it).
         ``rerun(arch, weights) -> Trace`` runs the same target with other weights (the
         claims that run the model twice; default the reference on the trace's tokens).
         ``assume=False`` drops the conditions: the claim is evaluated even where it
@@ -207,12 +223,12 @@ class Claim:
             try:
                 given = {**ctx.given, **ctx.given_at.get((inst.layer, inst.head), {})}
                 env = bind_claim(inst.atoms, arch, weights, trace, given=given, live=not assume)
-                lhs, rhs = inst.compiled.lhs(env), inst.compiled.rhs(env)
+                lhs, rhs, magnitude = inst.compiled.lhs(env), inst.compiled.rhs(env), inst.magnitude(env)
             except (Unbindable, CompileError) as err:
                 (skipped if inst.optional else unbound).append(f"{inst.label}: {err}")
                 continue
-            results.append((inst.label, inst.layer, inst.head, lhs, rhs))
-        results += [(c.label, c.layer, c.head, c.lhs, c.rhs) for c in ctx.comparisons]
+            results.append((inst.label, inst.layer, inst.head, lhs, rhs, magnitude))
+        results += [(c.label, c.layer, c.head, c.lhs, c.rhs, None) for c in ctx.comparisons]
         notes = list(ctx.notes)
         if skipped:
             notes.append(f"skipped {len(skipped)} optional instance(s) ({skipped[0]})")
@@ -220,8 +236,8 @@ class Claim:
             return Evidence(self.id, INCONCLUSIVE, tolerance=rtol, tolerance_reason=rtol_reason,
                             detail="; ".join([f"cannot evaluate: {unbound[0] if unbound else 'no instance'}"] + notes))
         worst = None
-        for label, layer, head, lhs, rhs in results:
-            max_abs, rel, index, shape = _difference(lhs, rhs)
+        for label, layer, head, lhs, rhs, magnitude in results:
+            max_abs, rel, index, shape = _difference(lhs, rhs, magnitude)
             if worst is None or rel > worst[1]:
                 worst = (max_abs, rel, _where(label, layer, head, index, shape))
         max_abs, rel, where = worst

@@ -10,7 +10,10 @@ INCONCLUSIVE   the claim could not be evaluated (an atom the trace cannot supply
 ============== ===============================================================
 
 Errors are two-sided and relative to the scale of the quantity compared:
-``max_rel = max|lhs - rhs| / max|rhs|`` per instance, the worst over instances.
+``max_rel = max|lhs - rhs| / scale`` per instance, the worst over instances, where
+``scale`` is ``max|rhs|`` or, where larger, the largest magnitude of the terms that
+make up ``rhs`` (a product ``a b`` counts as ``|a| |b|``), so that a result small by
+cancellation is measured against what cancelled, as float rounding is.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from .norms import PRE_NORM, LogSoftmax, RowWise, Softmax, centre_unembedding, f
 from .residual import NO_POST_NORM, contribution, update_rules
 from .seed import Apply
 
-__all__ = ["activation", "standardize", "compile_extra", "compile_identity_extra", "embedding_x0", "additive_at", "mask",
+__all__ = ["activation", "standardize", "compile_extra", "compile_magnitude", "compile_identity_extra", "embedding_x0", "additive_at", "mask",
            "qk_pattern", "key_bias_invariance", "mlp_formula", "head_affine", "gauge_scores", "gauge_ov", "direct_effect_rerun",
            "fold_and_centre_final", "EMBED_SCALE", "DIRECT_PATH", "FROZEN_SCALE"]
 
@@ -131,6 +131,50 @@ def compile_extra(expr: sp.Basic) -> Callable[[Mapping[str, object]], object]:
 
         return product
     raise CompileError(f"cannot compile {type(expr).__name__} around an opaque function: {expr}")
+
+
+def compile_magnitude(expr: sp.Basic) -> Callable[[Mapping[str, object]], object]:
+    """``f(env)``: an entrywise bound on the magnitude of the terms that make up ``expr``.
+
+    Each atom counts by its absolute value, a sum by the sum of its terms' magnitudes
+    and a product by the product of its factors' (``|A B| <= |A| |B|``), so that a
+    result that is small by cancellation keeps the scale of what cancelled. Rounding
+    error in evaluating ``expr`` is bounded by a small multiple of this scale, not of
+    ``|expr|``. An inverse or an opaque function counts by the absolute value of its result.
+    """
+    if isinstance(expr, (Apply, RowWise, sp.Inverse)):
+        value = compile_extra(expr)
+        return lambda env: abs(value(env))
+    if isinstance(expr, sp.MatrixSymbol) or isinstance(expr, sp.Symbol):
+        value = compile_expr(expr)
+        return lambda env: abs(value(env))
+    if isinstance(expr, sp.ZeroMatrix):
+        return lambda env: 0.0
+    if isinstance(expr, sp.Expr) and expr.is_number:
+        value = abs(float(expr))
+        return lambda env: value
+    parts = [compile_magnitude(a) for a in expr.args]
+    if isinstance(expr, (sp.MatAdd, sp.Add)):
+        return lambda env: functools.reduce(lambda a, b: a + b, (p(env) for p in parts))
+    if isinstance(expr, sp.HadamardProduct) or (isinstance(expr, sp.Mul) and not isinstance(expr, sp.MatMul)):
+        return lambda env: functools.reduce(lambda a, b: a * b, (p(env) for p in parts))
+    if isinstance(expr, sp.MatMul):
+        mats = [p for a, p in zip(expr.args, parts) if isinstance(a, sp.MatrixExpr)]
+        scalars = [p for a, p in zip(expr.args, parts) if not isinstance(a, sp.MatrixExpr)]
+
+        def product(env):
+            out = functools.reduce(lambda a, b: a @ b, (m(env) for m in mats))
+            for c in scalars:
+                out = c(env) * out
+            return out
+
+        return product
+    if isinstance(expr, sp.Transpose):
+        return lambda env: parts[0](env).mT
+    if isinstance(expr, sp.Pow) and expr.exp == -1:
+        return lambda env: 1.0 / parts[0](env)
+    value = compile_extra(expr)
+    return lambda env: abs(value(env))
 
 
 def compile_identity_extra(identity: Identity) -> CompiledIdentity:

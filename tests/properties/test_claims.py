@@ -154,3 +154,16 @@ def test_verdicts_are_validated():
     with pytest.raises(ValueError, match="verdict='MAYBE'"):
         Evidence("x", "MAYBE")
     assert set(VERDICTS) == {PASS, FAIL, NOT_APPLICABLE, INCONCLUSIVE}
+
+
+def test_a_result_small_by_cancellation_is_measured_against_what_cancelled():
+    """One position, a score of 6e-6 from terms of O(1): its 6e-16 rounding error is 1e-10 of the score, 1e-16 of the terms.
+
+    Found by the thorough profile; the error is relative to the magnitude of the terms (claims_extra.compile_magnitude).
+    """
+    from circuitproof.properties.strategies import Model
+
+    model = Model(Arch(n_layers=3, n_heads=3, d_model=17, d_head=7, d_mlp=1, d_vocab=22, n_ctx=2, n_kv_heads=1, o_bias=True,
+                       final_norm=False, embed_norm=True, parallel=True, act="relu", mlp_bias=False), seed=23355)
+    evidence = model.check(CLAIMS["attention.qk_circuit"], torch.tensor([[15]]))
+    assert evidence.verdict == PASS and evidence.max_rel < 1e-14, str(evidence)
