@@ -25,6 +25,7 @@ default) and records everything in a :class:`~circuitproof.numeric.Trace`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +114,16 @@ def attention_mask(arch: Arch, layer: int, n_pos: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------- sublayers
+Edit = Callable[[str, "int | None", torch.Tensor], torch.Tensor]
+
+
+def _edited(edit: Edit, name: str, layer: int | None, value: torch.Tensor) -> torch.Tensor:
+    """``edit``'s replacement for ``value``, which must keep its shape (ShapeError naming the component otherwise)."""
+    new = edit(name, layer, value)
+    if not isinstance(new, torch.Tensor) or new.shape != value.shape:
+        got = list(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+        raise ShapeError(f"run: edit({name!r}, layer={layer}) returned {got}; it must return a tensor of shape {list(value.shape)}")
+    return new.to(value.dtype)
 def _ln(arch: Arch, w: Weights, slot: str, layer: int | None, x: torch.Tensor) -> NormTrace:
     weight = w[f"ln_{slot}_w"] if layer is None else w[f"ln_{slot}_w"][layer]
     bias = w.get(f"ln_{slot}_b")
@@ -121,8 +132,11 @@ def _ln(arch: Arch, w: Weights, slot: str, layer: int | None, x: torch.Tensor) -
     return norm(arch, x, weight, bias)
 
 
-def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict) -> torch.Tensor:
-    """One attention sublayer on its (already normalised) input ``x`` [B, P, D]; returns attn [B, P, D]."""
+def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, edit: Edit | None = None) -> torch.Tensor:
+    """One attention sublayer on its (already normalised) input ``x`` [B, P, D]; returns attn [B, P, D].
+
+    ``edit("head_out", layer, head_out)`` may replace the per-head writes [B, P, H, D] before they are summed.
+    """
     B, P, _ = x.shape
     l = layer
     q = torch.einsum("bpd,hde->bphe", x, w.W_Q[l])  # [B, P, H, Dh]
@@ -156,6 +170,8 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict) -
     pattern = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # rows sum to 1
     z = torch.einsum("bhij,bjhe->bihe", pattern, v_h)  # [B, P, H, Dh]
     head_out = torch.einsum("bihe,hed->bihd", z, w.W_O[l])  # [B, P, H, D]: head_h = z_h W_O[h]
+    if edit is not None:
+        head_out = _edited(edit, "head_out", l, head_out)
     attn = head_out.sum(dim=2)  # sum over heads
     if arch.o_bias:
         attn = attn + w.b_O[l]
@@ -164,8 +180,8 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict) -
     return attn
 
 
-def _mlp(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict) -> torch.Tensor:
-    """One MLP on its (already normalised) input ``x`` [B, P, D]; returns mlp [B, P, D]."""
+def _mlp(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, edit: Edit | None = None) -> torch.Tensor:
+    """One MLP on its (already normalised) input ``x`` [B, P, D]; returns mlp [B, P, D] (``edit("mlp_out", layer, out)`` may replace it)."""
     l = layer
     pre = x @ w.W_in[l]  # [B, P, M]
     if arch.mlp_bias:
@@ -180,12 +196,14 @@ def _mlp(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict) -> torc
     out = hidden @ w.W_out[l]  # [B, P, D]
     if arch.mlp_bias:
         out = out + w.b_out[l]
+    if edit is not None:
+        out = _edited(edit, "mlp_out", l, out)
     for name, value in (("mlp_pre", pre), ("mlp_post", hidden), ("mlp_out", out)):
         rec.setdefault(name, []).append(value)
     return out
 
 
-def _block(arch: Arch, w: Weights, l: int, x: torch.Tensor, rec: dict) -> torch.Tensor:
+def _block(arch: Arch, w: Weights, l: int, x: torch.Tensor, rec: dict, edit: Edit | None = None) -> torch.Tensor:
     """One layer: the residual update in the Arch's placement. ``x`` [B, P, D] -> [B, P, D]."""
 
     def ln(slot: str, value: torch.Tensor) -> torch.Tensor:
@@ -196,22 +214,22 @@ def _block(arch: Arch, w: Weights, l: int, x: torch.Tensor, rec: dict) -> torch.
         return nt.output
 
     if arch.parallel:
-        attn = _attention(arch, w, l, ln("attn_in", x), rec)
+        attn = _attention(arch, w, l, ln("attn_in", x), rec, edit)
         mlp_in = rec["norm.attn_in"][-1].output if arch.parallel_shared_norm and arch.has_norm else ln("mlp_in", x)
-        mlp = _mlp(arch, w, l, mlp_in, rec)
+        mlp = _mlp(arch, w, l, mlp_in, rec, edit)
         return x + attn + mlp  # both sublayers read x_l
 
     placement = arch.norm_placement if arch.has_norm else "pre"
     if placement == "post":
-        x = ln("attn_out", x + _attention(arch, w, l, x, rec))
+        x = ln("attn_out", x + _attention(arch, w, l, x, rec, edit))
     else:  # pre, output, sandwich: absent slots are the identity
-        x = x + ln("attn_out", _attention(arch, w, l, ln("attn_in", x), rec))
+        x = x + ln("attn_out", _attention(arch, w, l, ln("attn_in", x), rec, edit))
     if not arch.has_mlp:
         return x
     rec.setdefault("resid_mid", []).append(x)
     if placement == "post":
-        return ln("mlp_out", x + _mlp(arch, w, l, x, rec))
-    return x + ln("mlp_out", _mlp(arch, w, l, ln("mlp_in", x), rec))
+        return ln("mlp_out", x + _mlp(arch, w, l, x, rec, edit))
+    return x + ln("mlp_out", _mlp(arch, w, l, ln("mlp_in", x), rec, edit))
 
 
 # ---------------------------------------------------------------------- run
@@ -234,11 +252,16 @@ def _stack(rec: dict, name: str) -> torch.Tensor | None:
     return torch.stack(rec[name]) if name in rec else None
 
 
-def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> Trace:
+def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtype = torch.float64, edit: Edit | None = None) -> Trace:
     """The reference forward pass of ``arch`` with ``weights`` on ``tokens`` ([B, P] or [P]).
 
     Computes in ``dtype`` (float64 by default; float32 on request) and returns
-    the full :class:`Trace`. Raises :class:`TokenError` for ids outside the
+    the full :class:`Trace`. ``edit(name, layer, value) -> value`` intervenes on the
+    components a circuit analysis addresses, as they are written to the stream:
+    ``"embed"`` (layer None, ``[B, P, D]``: m (W_E[t] + W_pos[p]), before the
+    embedding norm), ``"head_out"`` (``[B, P, H, D]``: every head's write, before the
+    sum and b_O) and ``"mlp_out"`` (``[B, P, D]``); the trace records the edited
+    values and everything downstream of them (``circuitproof.numeric.interventions``). Raises :class:`TokenError` for ids outside the
     vocabulary or too many positions, :class:`~circuitproof.WeightsError` if
     the weights belong to another Arch.
     """
@@ -255,6 +278,8 @@ def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtyp
     if arch.positional == "learned":
         x = x + w.W_pos[:P]
     embed = arch.embed_scale * x
+    if edit is not None:
+        embed = _edited(edit, "embed", None, embed)
     x = embed
     norms: dict[str, NormTrace] = {}
     if arch.embed_norm:
@@ -263,7 +288,7 @@ def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtyp
 
     for l in range(arch.n_layers):
         rec.setdefault("resid_pre", []).append(x)
-        x = _block(arch, w, l, x, rec)
+        x = _block(arch, w, l, x, rec, edit)
         rec.setdefault("resid_post", []).append(x)
 
     final = x
