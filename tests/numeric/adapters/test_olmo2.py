@@ -17,25 +17,16 @@ from circuitproof.numeric import Weights, run
 from circuitproof.numeric.adapters import adapt, adapter_class, build
 from circuitproof.properties.strategies import family_archs, tokens, weights
 
-from ._agreement import COMPARED, assert_traces_agree, relative_error
+from ._agreement import COMPARED, RTOL_FLOAT64, RTOL_SANDWICH, assert_traces_agree, relative_error
 
 FAMILY = "olmo2"
 Olmo2Adapter = adapter_class(FAMILY)
 FIELDS = (*COMPARED, "embed", "v", "z", "mlp_pre", "mlp_post", "logits_raw")
 PINNED = {k: v for k, v in Olmo2Adapter.pinned.items() if not k.startswith("_")}
 BASE = Olmo2Adapter.project(Arch(n_layers=2, n_heads=2, d_model=8, d_head=4, d_vocab=10, **PINNED))
-# OLMo 2 runs RMSNorm (the output norms, the final norm and the QK-norms), the rotary tables and the
-# softmax in float32 whatever the model's dtype (Olmo2Adapter.below_dtype_steps). Each such step rounds
-# to float32's unit roundoff u = 2**-24 = 6e-8; the drawn models then amplify it: rotary angles up to
-# 15 rad are formed in float32 (~15 u), QK-normed scores up to ~10 enter exp (x10), an output RMSNorm
-# divides by the rms of one position, which can be 1e-3 of the sublayer's scale elsewhere (x1e3, at most
-# max|x| / sqrt(eps)), dot products over d_model or d_mlp as small as 1 or 2 cancel, and up to three
-# layers compound. There is no small universal bound: over 6000 drawn models the error was 1.3e-7 (2 u)
-# at the median, 8e-6 at the 99.9th percentile and 3.0e-5 (500 u) at worst; Gemma 2, whose sandwich
-# norms amplify the same way, reached 2.2e-4. The tolerance 1e-3 (1.7e4 u) is Gemma 2's, for the same
-# reasons; test_float64_steps_agree_to_1e_9 shows that the whole difference is precision.
-RTOL_FLOAT32_STEPS = 1e-3
-RTOL_FLOAT64 = 1e-9
+# The tolerance as shipped and its reason: _agreement.TOLERANCES. The float64-steps test below shows that the
+# whole difference is the float32 steps.
+RTOL_FLOAT32_STEPS = RTOL_SANDWICH
 
 
 # ----------------------------------------------------------------- float32 steps kept in float64
@@ -89,11 +80,6 @@ def _agree(data: st.DataObject, rtol: float, fields: tuple[str, ...], norms: boo
 
 
 @given(data=st.data())
-def test_agrees_with_reference(data):
-    _agree(data, RTOL_FLOAT32_STEPS, COMPARED, norms=False)
-
-
-@given(data=st.data())
 def test_float64_steps_agree_to_1e_9(data):
     with float64_steps():
         _agree(data, RTOL_FLOAT64, FIELDS, norms=True)  # every observed field, every norm
@@ -107,16 +93,6 @@ def test_float64_steps_patch_is_restored():
 
 
 # ---------------------------------------------------------------------------------- round trip
-@given(arch=family_archs(FAMILY), seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
-def test_round_trip_is_exact(arch, seed, dtype):
-    w = Weights.random(arch, seed, dtype=dtype)
-    model = build(arch, w, FAMILY)
-    assert next(model.parameters()).dtype == dtype and not model.training
-    back = adapt(model)
-    assert back.arch == arch
-    assert back.weights.equal(w)
-
-
 def _tiny_config(**changes: object) -> Olmo2Config:
     sizes = dict(vocab_size=10, hidden_size=8, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
     no_tokens = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)
@@ -140,33 +116,6 @@ def test_reads_a_config_without_head_dim():
 
 
 # ------------------------------------------------------------------------------ model state
-def _state(model: torch.nn.Module) -> tuple:
-    hooks = [(n, len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()]
-    hooks = [h for h in hooks if h[1] or h[2]]  # every module with a hook left on it
-    return model.training, model.config._attn_implementation, hooks, {n: p.dtype for n, p in model.named_parameters()}
-
-
-def test_trace_leaves_the_model_as_it_was():
-    model = build(BASE, Weights.random(BASE, 1), FAMILY)
-    model.set_attn_implementation("sdpa")
-    model.train()
-    before = _state(model)
-    assert before[:3] == (True, "sdpa", [])
-    adapter = adapt(model)
-    trace = adapter.trace(torch.tensor([[1, 2, 3]]))
-    assert trace.pattern.shape == (2, 1, 2, 3, 3)
-    assert _state(model) == before
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("boom")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(model.model.layers[1].mlp, "forward", boom)
-        with pytest.raises(RuntimeError, match="boom"):
-            adapter.trace(torch.tensor([[1, 2, 3]]))
-    assert _state(model) == before
-
-
 # ------------------------------------------------------------------------------- unsupported
 @pytest.mark.parametrize(
     "changes, field",
