@@ -35,6 +35,10 @@ the per-layer slots of ``Arch.norm_slots()`` and ``"q"``, ``"k"`` (shapes
 (the divisor ``sqrt(var + eps)`` or ``sqrt(mean(x^2) + eps)``, with a trailing
 axis of size 1) and its ``output``. An adapter that cannot observe a field
 leaves it ``None`` and says so in its documentation.
+
+A Trace is immutable, its tensors read-only: the atoms that checks bind from it
+(``circuitproof.numeric.bind``) are kept with it, so that the claims checked on one
+forward pass share them (``dataclasses.replace`` makes a Trace with none kept).
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class Trace:
     logits_raw: torch.Tensor | None
     logits: torch.Tensor | None
     norms: dict[str, NormTrace] = field(default_factory=dict)
+    # bound atoms, per weights: id(weights) -> (weights, {(kind, indices, live): tensor}); see bind.bound_atoms
+    _bound: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def final_resid(self) -> torch.Tensor:

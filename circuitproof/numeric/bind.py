@@ -14,12 +14,16 @@ Frozen pieces are *definitions*, read from the run: the final norm's scale
 ``C = I - 11^T / d_model``. ``W_QK`` and ``W_OV`` are the products that define
 them. An atom the trace cannot supply (an adapter that does not observe the
 scores) raises :class:`Unbindable`, which the caller reports as INCONCLUSIVE.
+
+:func:`bind_stacked` binds one kind for many indices at once (the heads of a
+per-head identity), ``[N, *shape]``, with the indexing expressions :func:`bind` uses;
+:func:`bound_atoms` keeps what was bound with the trace, for the next check on it.
 This module imports no sympy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -29,7 +33,7 @@ from ._trace import Trace
 from ._weights import Weights
 from .reference import norm as reference_norm
 
-__all__ = ["bind", "Unbindable"]
+__all__ = ["bind", "bind_stacked", "bound_atoms", "Unbindable"]
 
 
 class Unbindable(CircuitproofError):
@@ -55,6 +59,33 @@ def _final_scale(arch: Arch, weights: Weights, trace: Trace) -> torch.Tensor:
     return reference_norm(arch, nt.input, weights.ln_final_w, weights.get("ln_final_b")).scale[..., 0]
 
 
+def _scores(t: Trace) -> torch.Tensor:
+    if t.scores is None:
+        raise Unbindable("the trace has no pre-softmax scores")
+    return t.scores
+
+
+# The atoms that index a stacked tensor of the trace or the weights by their layer (and head).
+# The same expression serves one index and a group's, as 1-D index tensors: advanced indices
+# separated by slices come first, so a group's result is [N, *shape] (bind_stacked).
+_INDEXED: dict[str, Callable[..., torch.Tensor]] = {
+    "head": lambda arch, w, t, l, h: t.head_out[l, :, :, h],
+    "z": lambda arch, w, t, l, h: t.z[l, :, :, h],
+    "pattern": lambda arch, w, t, l, h: t.pattern[l, :, h],
+    "scores": lambda arch, w, t, l, h: _scores(t)[l, :, h],
+    "attn_input": lambda arch, w, t, l: (t.norms["attn_in"].output if "attn_in" in t.norms else t.resid_pre)[l],
+    "attn_raw": lambda arch, w, t, l: t.attn_out[l],
+    "W_Q": lambda arch, w, t, l, h: w.W_Q[l, h],
+    "W_O": lambda arch, w, t, l, h: w.W_O[l, h],
+    "W_K": lambda arch, w, t, l, h: w.W_K[l, h // arch.group_size],  # query head h reads key/value head h // group
+    "W_V": lambda arch, w, t, l, h: w.W_V[l, h // arch.group_size],
+    "W_QK": lambda arch, w, t, l, h: w.W_Q[l, h] @ w.W_K[l, h // arch.group_size].mT,
+    "W_OV": lambda arch, w, t, l, h: w.W_V[l, h // arch.group_size] @ w.W_O[l, h],
+    "W_in": lambda arch, w, t, l: w.W_in[l],
+    "W_out": lambda arch, w, t, l: w.W_out[l],
+}
+
+
 def _atom(kind: str, idx: tuple, arch: Arch, w: Weights, t: Trace) -> torch.Tensor:
     dtype = t.resid_pre.dtype
     if kind == "stream":
@@ -68,45 +99,16 @@ def _atom(kind: str, idx: tuple, arch: Arch, w: Weights, t: Trace) -> torch.Tens
         return _written(arch, t, kind, idx[0])
     if kind == "attn_raw":
         return t.attn_out[idx[0]]
-    if kind == "head":
-        l, h = idx
-        return t.head_out[l, :, :, h]
-    if kind == "z":
-        l, h = idx
-        return t.z[l, :, :, h]
-    if kind == "pattern":
-        l, h = idx
-        return t.pattern[l, :, h]
-    if kind == "scores":
-        if t.scores is None:
-            raise Unbindable("the trace has no pre-softmax scores")
-        l, h = idx
-        return t.scores[l, :, h]
-    if kind == "attn_input":
-        (l,) = idx
-        return t.norms["attn_in"].output[l] if "attn_in" in t.norms else t.resid_pre[l]
+    if kind in _INDEXED:
+        return _INDEXED[kind](arch, w, t, *idx)
     if kind == "ones":
         return torch.ones(t.tokens.shape[1], 1, dtype=dtype)
     if kind == "logits":
         if t.logits is None:
             raise Unbindable("the trace has no logits")
         return t.logits
-    if kind in ("W_Q", "W_O"):
-        l, h = idx
-        return w[kind][l, h]
-    if kind in ("W_K", "W_V"):
-        l, h = idx
-        return w[kind][l, h // arch.group_size]
-    if kind == "W_QK":
-        l, h = idx
-        return w.W_Q[l, h] @ w.W_K[l, h // arch.group_size].mT
-    if kind == "W_OV":
-        l, h = idx
-        return w.W_V[l, h // arch.group_size] @ w.W_O[l, h]
     if kind in ("W_U", "W_E"):
         return w[kind]
-    if kind in ("W_in", "W_out"):
-        return w[kind][idx[0]]
     if kind.startswith("b_"):
         return _bias(kind, idx, arch, w, dtype)
     if kind == "final_scale_inv":
@@ -132,13 +134,45 @@ def _bias(kind: str, idx: tuple, arch: Arch, w: Weights, dtype: torch.dtype) -> 
         return torch.zeros(1, getattr(arch, _BIAS_SHAPES[kind]), dtype=dtype)
     if kind in ("b_K", "b_V"):
         l, h = idx
-        return present[l, h // arch.group_size][None]
+        return present[l, h // arch.group_size].unsqueeze(-2)
     if kind == "b_Q":
         l, h = idx
-        return present[l, h][None]
+        return present[l, h].unsqueeze(-2)
     if kind == "b_U":
         return present[None]
-    return present[idx[0]][None]
+    return present[idx[0]].unsqueeze(-2)
+
+
+def bind_stacked(kind: str, indices: list[tuple], arch: Arch, weights: Weights, trace: Trace) -> torch.Tensor | None:
+    """The atoms ``(kind, idx)`` for every ``idx`` in ``indices``, stacked: ``[N, *shape]``, in one indexing operation.
+
+    Equal to stacking each one's tensor from :func:`bind`. None for a kind that is not an
+    index into the trace's or the weights' stacked tensors by layer and head (bind those one by one).
+    """
+    if kind not in _INDEXED and kind not in _BIAS_SHAPES or kind == "b_U":
+        return None
+    dtype = trace.resid_pre.dtype
+    w = weights.to(dtype) if weights.dtype != dtype else weights
+    columns = [torch.tensor(column) for column in zip(*indices)]  # [N] per index position: the layers, the heads
+    if kind in _BIAS_SHAPES:
+        if kind not in w:
+            return torch.zeros(len(indices), 1, getattr(arch, _BIAS_SHAPES[kind]), dtype=dtype)
+        return _bias(kind, tuple(columns), arch, w, dtype)
+    return _INDEXED[kind](arch, w, trace, *columns)
+
+
+def bound_atoms(trace: Trace, weights: Weights) -> dict[tuple, object]:
+    """The atoms already bound from ``trace`` and ``weights``, ``(kind, indices, live) -> tensor``, kept on the trace.
+
+    Both are immutable, so an atom bound once serves every later check on them (the
+    claims checked on one forward pass read the same streams, patterns and weights).
+    The weights are kept with their entry, so that their id cannot be reused while the
+    trace lives.
+    """
+    entry = trace._bound.get(id(weights))
+    if entry is None or entry[0] is not weights:
+        entry = trace._bound[id(weights)] = (weights, {})
+    return entry[1]
 
 
 def bind(atoms: Mapping[str, tuple[str, tuple]], arch: Arch, weights: Weights, trace: Trace,

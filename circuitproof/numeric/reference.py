@@ -24,6 +24,7 @@ default) and records everything in a :class:`~circuitproof.numeric.Trace`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -43,18 +44,16 @@ class TokenError(CircuitproofError, ValueError):
 
 
 # --------------------------------------------------------------------- pieces
-def norm(arch: Arch, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> NormTrace:
+def norm(arch: Arch, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor | None = None) -> NormTrace:
     """LayerNorm ``(x - mean) / sqrt(var + eps) * g + b`` or RMSNorm ``x / sqrt(mean(x^2) + eps) * g``.
 
     ``g = w`` or ``1 + w`` (``arch.norm_gain``); statistics over the last axis,
     the variance biased (divide by n). Shapes: x [..., n], w and b [n].
+    ``scale`` [..., 1], if given, is the divisor frozen (e.g. at another run's), not computed from x.
     """
-    if arch.norm == "layernorm":
-        centred = x - x.mean(-1, keepdim=True)
+    centred = x - x.mean(-1, keepdim=True) if arch.norm == "layernorm" else x
+    if scale is None:
         scale = (centred.pow(2).mean(-1, keepdim=True) + arch.norm_eps).sqrt()
-    else:
-        centred = x
-        scale = (x.pow(2).mean(-1, keepdim=True) + arch.norm_eps).sqrt()
     gain = 1 + w if arch.norm_gain == "one_plus_w" else w
     out = centred / scale * gain
     if b is not None:
@@ -89,10 +88,7 @@ def rotary(arch: Arch, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
     r = arch.rotary_dims
     if r == 0:
         return x
-    inv_freq = arch.rotary_base ** (-torch.arange(0, r, 2, dtype=torch.float64) / r)  # [r/2]
-    theta = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # [P, r/2]
-    cos = theta.cos().to(x.dtype)[None, :, None, :]  # [1, P, 1, r/2]
-    sin = theta.sin().to(x.dtype)[None, :, None, :]
+    cos, sin = _rotary_table(r, arch.rotary_base, tuple(positions.tolist()), x.dtype)  # [1, P, 1, r/2] each
     rot, rest = x[..., :r], x[..., r:]
     if arch.rotary_style == "half":
         a, b = rot[..., : r // 2], rot[..., r // 2 :]
@@ -100,16 +96,33 @@ def rotary(arch: Arch, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
     else:
         a, b = rot[..., 0::2], rot[..., 1::2]
         rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)  # re-interleave
-    return torch.cat([rotated, rest], dim=-1)
+    return rotated if rest.shape[-1] == 0 else torch.cat([rotated, rest], dim=-1)
+
+
+@functools.lru_cache(maxsize=256)
+def _rotary_table(r: int, base: float, positions: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos theta`` and ``sin theta``, ``theta[p, k] = p * base^(-2k / r)`` computed in float64, then in ``dtype``.
+
+    Shapes ``[1, P, 1, r/2]``, to broadcast over batch and heads. Kept: read-only.
+    """
+    inv_freq = base ** (-torch.arange(0, r, 2, dtype=torch.float64) / r)  # [r/2]
+    theta = torch.tensor(positions, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [P, r/2]
+    return theta.cos().to(dtype)[None, :, None, :], theta.sin().to(dtype)[None, :, None, :]  # [1, P, 1, r/2]
 
 
 def attention_mask(arch: Arch, layer: int, n_pos: int) -> torch.Tensor:
     """``[P, P]`` bool, True where query i may attend to key j (causal, sliding window)."""
+    return _mask(arch.causal, arch.sliding_window if arch.is_sliding(layer) else None, n_pos).clone()
+
+
+@functools.lru_cache(maxsize=256)
+def _mask(causal: bool, window: int | None, n_pos: int) -> torch.Tensor:
+    """:func:`attention_mask` for a causal switch, a window (None: none) and ``n_pos`` positions (kept: read-only)."""
     i = torch.arange(n_pos)[:, None]
     j = torch.arange(n_pos)[None, :]
-    allowed = j <= i if arch.causal else torch.ones(n_pos, n_pos, dtype=torch.bool)
-    if arch.is_sliding(layer):
-        allowed = allowed & ((i - j).abs() < arch.sliding_window)
+    allowed = j <= i if causal else torch.ones(n_pos, n_pos, dtype=torch.bool)
+    if window is not None:
+        allowed = allowed & ((i - j).abs() < window)
     return allowed
 
 
@@ -132,6 +145,17 @@ def _ln(arch: Arch, w: Weights, slot: str, layer: int | None, x: torch.Tensor) -
     return norm(arch, x, weight, bias)
 
 
+def _per_head(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``x W[h]`` for every head ``h``: x [B, P, D], W [heads, D, Dh] -> [B, P, heads, Dh], as one product.
+
+    The heads' maps side by side, ``[D, heads * Dh]``, so that column block ``h`` of
+    ``x [W_0 | W_1 | ...]`` is ``x W_h``.
+    """
+    n, D, Dh = W.shape
+    side_by_side = W.transpose(0, 1).reshape(D, n * Dh)  # [heads, D, Dh] -> [D, heads * Dh]
+    return (x @ side_by_side).unflatten(-1, (n, Dh))  # [B, P, heads * Dh] -> [B, P, heads, Dh]
+
+
 def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, edit: Edit | None = None) -> torch.Tensor:
     """One attention sublayer on its (already normalised) input ``x`` [B, P, D]; returns attn [B, P, D].
 
@@ -139,9 +163,9 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, e
     """
     B, P, _ = x.shape
     l = layer
-    q = torch.einsum("bpd,hde->bphe", x, w.W_Q[l])  # [B, P, H, Dh]
-    k = torch.einsum("bpd,hde->bphe", x, w.W_K[l])  # [B, P, K, Dh]
-    v = torch.einsum("bpd,hde->bphe", x, w.W_V[l])  # [B, P, K, Dh]
+    q = _per_head(x, w.W_Q[l])  # [B, P, H, Dh]
+    k = _per_head(x, w.W_K[l])  # [B, P, K, Dh]
+    v = _per_head(x, w.W_V[l])  # [B, P, K, Dh]
     if arch.q_bias:
         q = q + w.b_Q[l]
     if arch.k_bias:
@@ -162,14 +186,16 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, e
     positions = torch.arange(P)
     q, k = rotary(arch, q, positions), rotary(arch, k, positions)
 
-    kv_of_head = torch.arange(arch.n_heads) // arch.group_size  # query head h reads kv head h // group
-    k_h, v_h = k[:, :, kv_of_head], v[:, :, kv_of_head]  # [B, P, H, Dh]
-    scores = torch.einsum("bihe,bjhe->bhij", q, k_h) * arch.scale  # [B, H, P_q, P_k]
+    k_h, v_h = k, v  # [B, P, H, Dh]: query head h reads kv head h // group
+    if arch.group_size > 1:
+        kv_of_head = torch.arange(arch.n_heads) // arch.group_size
+        k_h, v_h = k[:, :, kv_of_head], v[:, :, kv_of_head]
+    scores = (q.transpose(1, 2) @ k_h.permute(0, 2, 3, 1)) * arch.scale  # [B, H, P_q, Dh] @ [B, H, Dh, P_k] -> [B, H, P_q, P_k]
     scores = softcap(scores, arch.attn_softcap)
     mask = attention_mask(arch, l, P)
     pattern = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # rows sum to 1
-    z = torch.einsum("bhij,bjhe->bihe", pattern, v_h)  # [B, P, H, Dh]
-    head_out = torch.einsum("bihe,hed->bihd", z, w.W_O[l])  # [B, P, H, D]: head_h = z_h W_O[h]
+    z = (pattern @ v_h.transpose(1, 2)).transpose(1, 2)  # [B, H, P, Dh] -> [B, P, H, Dh]: z_i = sum_j A_ij v_j
+    head_out = (z.transpose(1, 2) @ w.W_O[l]).transpose(1, 2)  # [B, H, P, Dh] @ [H, Dh, D] -> [B, P, H, D]: head_h = z_h W_O[h]
     if edit is not None:
         head_out = _edited(edit, "head_out", l, head_out)
     attn = head_out.sum(dim=2)  # sum over heads
@@ -260,7 +286,8 @@ def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtyp
     components a circuit analysis addresses, as they are written to the stream:
     ``"embed"`` (layer None, ``[B, P, D]``: m (W_E[t] + W_pos[p]), before the
     embedding norm), ``"head_out"`` (``[B, P, H, D]``: every head's write, before the
-    sum and b_O) and ``"mlp_out"`` (``[B, P, D]``); the trace records the edited
+    sum and b_O), ``"mlp_out"`` (``[B, P, D]``) and ``"final_scale"`` (layer None, ``[B, P, 1]``: the
+    final norm's divisor, to freeze it at another run's); the trace records the edited
     values and everything downstream of them (``circuitproof.numeric.interventions``). Raises :class:`TokenError` for ids outside the
     vocabulary or too many positions, :class:`~circuitproof.WeightsError` if
     the weights belong to another Arch.
@@ -293,8 +320,13 @@ def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtyp
 
     final = x
     if arch.final_norm:
-        norms["final"] = _ln(arch, w, "final", None, final)
-        final = norms["final"].output
+        nt = _ln(arch, w, "final", None, final)
+        if edit is not None:  # the final norm's divisor may be frozen ("final_scale")
+            scale = _edited(edit, "final_scale", None, nt.scale)
+            if scale is not nt.scale:
+                nt = norm(arch, final, w.ln_final_w, w.get("ln_final_b"), scale=scale)
+        norms["final"] = nt
+        final = nt.output
     if arch.unembed_transform:
         hidden = activation(arch.act, final @ w.W_T + w.b_T)
         norms["transform"] = _ln(arch, w, "transform", None, hidden)

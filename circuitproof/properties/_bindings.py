@@ -22,7 +22,8 @@ norm_*          ...                    the norm before ``W_U`` (final, or the tr
 =============== ====================== =====================================================
 
 Values a claim computes itself (gauge matrices, transformed weights, ablated
-logits) are passed in ``given`` by name.
+logits) are passed in ``given`` by name. :func:`bind_group` binds the atoms of many
+instances of one identity at once, stacked on a leading instance axis.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import torch
 
 from ..arch import Arch
 from ..numeric import Trace, Weights
-from ..numeric.bind import Unbindable, bind
+from ..numeric.bind import Unbindable, bind, bind_stacked, bound_atoms
 from ..numeric.reference import attention_mask
 from ..numeric.reference import norm as reference_norm
 
-__all__ = ["bind_claim", "EXTRA_KINDS", "gain", "unembed_norm_slot", "input_norm_scale"]
+__all__ = ["bind_claim", "bind_group", "EXTRA_KINDS", "gain", "unembed_norm_slot", "input_norm_scale"]
 
 EXTRA_KINDS = frozenset({"onehot", "positions", "embed_gain", "embed_bias", "mask", "mlp_input", "mlp_raw", "W_gate", "b_gate",
                          "stream_flipped", "in_scale_inv", "in_gain", "in_bias", "norm_out", "norm_input", "norm_scale", "norm_gain",
@@ -155,23 +156,99 @@ def bind_claim(atoms: dict[str, tuple[str, tuple]], arch: Arch, weights: Weights
     """``name -> tensor`` for every atom: ``given`` first, then the kinds above, then :func:`~circuitproof.numeric.bind.bind`.
 
     Dimensions (``d_vocab``, ...) are bound too, for expressions that divide by them.
-    ``live`` binds norm scales from each argument instead of freezing them.
+    ``live`` binds norm scales from each argument instead of freezing them. An atom
+    bound once from ``trace`` and ``weights`` is kept (:func:`~circuitproof.numeric.bind.bound_atoms`).
     """
     given = given or {}
-    dtype = trace.resid_pre.dtype
-    w = weights.to(dtype) if weights.dtype != dtype else weights
     env: dict[str, object] = {"d_vocab": float(arch.d_vocab), "d_model": float(arch.d_model), "d_head": float(arch.d_head),
                               "d_mlp": float(arch.d_mlp)}
-    rest = {}
+    kept = bound_atoms(trace, weights)  # atoms bound before from this trace and these weights
+    missing = {}
     for name, (kind, idx) in atoms.items():
         if name in given:
             env[name] = given[name]
-        elif kind in EXTRA_KINDS:
+        elif (kind, idx, live) in kept:
+            env[name] = kept[kind, idx, live]
+        else:
+            missing[name] = (kind, idx)
+    if not missing:
+        return env
+    dtype = trace.resid_pre.dtype
+    w = weights.to(dtype) if weights.dtype != dtype else weights
+    rest = {}
+    for name, (kind, idx) in missing.items():
+        if kind in EXTRA_KINDS:
             try:
-                env[name] = _extra(kind, idx, arch, w, trace, live)
+                env[name] = kept[kind, idx, live] = _extra(kind, idx, arch, w, trace, live)
             except (KeyError, AttributeError) as err:
                 raise Unbindable(f"{name} ({kind}): {err}") from None
         else:
             rest[name] = (kind, idx)
-    env.update(bind(rest, arch, w, trace, scalars={"embed_scale": arch.embed_scale}))
+    for name, value in bind(rest, arch, w, trace, scalars={"embed_scale": arch.embed_scale}).items():
+        kind, idx = rest[name]
+        if kind != "scalar":  # a scalar is bound by its name, not its kind
+            kept[kind, idx, live] = value
+        env[name] = value
     return env
+
+
+def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: Weights, trace: Trace, *,
+               given: list[dict[str, object]], live: bool = False) -> tuple[dict[str, object], dict[str, int]]:
+    """One env for ``N`` instances of one identity (instance ``i``: ``atoms[i]``, ``given[i]``), and each atom's rank.
+
+    An atom bound to the same tensor for every instance (the same kind and indices, or
+    the same given object) is bound once; otherwise the instances' tensors are stacked
+    on a leading instance axis, ``[N, *shape]``, then padded with singleton axes to the
+    rank ``R`` of the largest atom, ``[N, 1, ..., 1, *shape]``, so that every atom
+    broadcasts against the others. Stacks are kept with the trace like single atoms.
+    Returns the env and ``name -> rank of one instance's tensor`` (-1 for a number).
+    Raises :class:`Unbindable` as :func:`bind_claim` does for any instance.
+    """
+    n, first = len(atoms), atoms[0]
+    kept = bound_atoms(trace, weights)
+    dtype = trace.resid_pre.dtype
+    w = weights.to(dtype) if weights.dtype != dtype else weights
+    scalars = {"embed_scale": arch.embed_scale}
+
+    def one(name: str, key: tuple[str, tuple]) -> object:
+        value = kept.get((*key, live))
+        if value is None:
+            kind, idx = key
+            if kind in EXTRA_KINDS:
+                try:
+                    value = _extra(kind, idx, arch, w, trace, live)
+                except (KeyError, AttributeError) as err:
+                    raise Unbindable(f"{name} ({kind}): {err}") from None
+            else:
+                value = bind({name: key}, arch, w, trace, scalars=scalars)[name]
+            if kind != "scalar":  # a scalar is bound by its name, not its kind
+                kept[(*key, live)] = value
+        return value
+
+    env: dict[str, object] = {}
+    stacked: dict[str, torch.Tensor] = {}
+    for name in first:
+        if any(name in g for g in given):
+            values = [g[name] if name in g else one(name, a[name]) for g, a in zip(given, atoms)]
+            if all(v is values[0] for v in values):
+                env[name] = values[0]
+            else:
+                stacked[name] = torch.stack([torch.as_tensor(v) for v in values])  # [N, *shape]
+            continue
+        keys = tuple(a[name] for a in atoms)
+        if all(k == keys[0] for k in keys):
+            env[name] = one(name, keys[0])
+            continue
+        if ("stacked", keys, live) not in kept:
+            together = bind_stacked(keys[0][0], [idx for _, idx in keys], arch, w, trace) if all(k[0] == keys[0][0] for k in keys) else None
+            if together is None:
+                together = torch.stack([torch.as_tensor(one(name, k)) for k in keys])  # [N, *shape]
+            kept["stacked", keys, live] = together
+        stacked[name] = kept["stacked", keys, live]
+    ranks = {name: (v.dim() if isinstance(v, torch.Tensor) else -1) for name, v in env.items()}
+    ranks.update({name: t.dim() - 1 for name, t in stacked.items()})
+    R = max(ranks.values(), default=0)
+    for name, t in stacked.items():
+        env[name] = t.reshape((n,) + (1,) * (R + 1 - t.dim()) + tuple(t.shape[1:]))  # [N, *shape] -> [N, 1, .., 1, *shape]
+    env.update({"d_vocab": float(arch.d_vocab), "d_model": float(arch.d_model), "d_head": float(arch.d_head), "d_mlp": float(arch.d_mlp)})
+    return env, ranks

@@ -4,9 +4,10 @@ A :class:`Claim` evaluates concrete identities of the symbolic layer
 (:class:`Instance` s, compiled once and cached per architecture shape) on a
 trace: each side is compiled (``claims_extra.compile_identity_extra``), its atoms
 bound to the trace's and the weights' tensors (``_bindings.bind_claim``), and the
-two sides compared. Claims about running the model twice add the comparison of
-the two runs (a ``prepare`` hook computes the transformed weights, reruns and
-binds what it computed). Nothing here restates a formula.
+two sides compared (``_evaluate``: the instances of one derivation, every head's,
+are evaluated together and measured one by one). Claims about running the model
+twice add the comparison of the two runs (a ``prepare`` hook computes the
+transformed weights, reruns and binds what it computed). Nothing here restates a formula.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from ..arch import Arch
 from ..numeric import Trace, Weights, run
 from ..numeric.bind import Unbindable
 from ..symbolic import Assumption, Identity
-from ..symbolic._compile import CompileError
-from ._bindings import bind_claim
+from ._evaluate import evaluate_comparisons, evaluate_instances
 from ._evidence import FAIL, INCONCLUSIVE, NOT_APPLICABLE, PASS, Evidence, Where
 
 __all__ = ["Claim", "Instance", "Comparison", "Context", "rerun_or_reference", "RTOL_FLOAT64", "RTOL_FLOAT32", "default_tolerance"]
@@ -48,13 +48,17 @@ _COMPILED: dict[int, tuple] = {}
 
 
 def _compiled(identity: Identity) -> tuple:
-    """(compiled identity, magnitude of its rhs), once per identity (cached and immutable: its id is a stable key)."""
+    """(compiled identity, magnitude of its rhs, names of the atoms each side reads), once per identity.
+
+    Cached: an Identity is immutable, so its id is a stable key (the cache keeps it alive).
+    """
     key = id(identity)
     if key not in _COMPILED:
+        from ..symbolic._compile import atoms_of
         from ..symbolic.claims_extra import compile_identity_extra, compile_magnitude
 
-        # keep the identity alive with its key
-        _COMPILED[key] = (identity, compile_identity_extra(identity), compile_magnitude(identity.rhs))
+        sides = (atoms_of(identity.lhs), atoms_of(identity.rhs))
+        _COMPILED[key] = (identity, compile_identity_extra(identity), compile_magnitude(identity.rhs), sides)
     return _COMPILED[key][1:]
 
 
@@ -88,6 +92,11 @@ class Instance:
         """``f(env)``: the magnitude of the terms of the identity's rhs (the scale errors are measured against)."""
         return _compiled(self.identity)[1]
 
+    @property
+    def sides(self) -> tuple:
+        """(compiled identity, magnitude, (atoms the lhs reads, atoms the rhs reads)): what evaluating it needs."""
+        return _compiled(self.identity)
+
     @functools.cached_property
     def atoms(self) -> dict[str, tuple[str, tuple]]:
         """The compiled identity's atoms with this instance's layer and head substituted."""
@@ -118,37 +127,8 @@ class Context:
     given: dict[str, object] = field(default_factory=dict)  # atom name -> value, for every instance
     given_at: dict[tuple, dict[str, object]] = field(default_factory=dict)  # (layer, head) -> atom name -> value
     comparisons: list[Comparison] = field(default_factory=list)
-
-
-def _finite_max(t: torch.Tensor) -> float:
-    finite = t[torch.isfinite(t)]
-    return float(finite.abs().max()) if finite.numel() else 0.0
-
-
-def _difference(lhs: object, rhs: object, magnitude: object | None = None) -> tuple[float, float, tuple[int, ...], tuple[int, ...]]:
-    """(max abs error, relative error, index of the worst entry, shape) of two broadcastable sides.
-
-    The error is relative to the scale of the compared quantity: the largest entry of
-    ``rhs``, or of ``magnitude`` (the magnitude of the terms that make up ``rhs``,
-    ``claims_extra.compile_magnitude``) where that is larger, so that a result small by
-    cancellation is measured against what cancelled.
-    """
-    a, b = torch.as_tensor(lhs), torch.as_tensor(rhs)
-    if a.dtype != b.dtype:
-        a, b = a.double(), b.double()
-    a, b = torch.broadcast_tensors(a, b)
-    diff = (a - b).abs()
-    if diff.numel() == 0:
-        return 0.0, 0.0, (), tuple(diff.shape)
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-    # two infinities of the same sign (a masked -inf score on both sides) agree
-    diff = torch.where(torch.isinf(a) & torch.isinf(b) & (a == b), torch.zeros_like(diff), diff)
-    flat = int(diff.argmax())
-    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
-    max_abs = float(diff.max())
-    scale = max(_finite_max(b), _finite_max(torch.as_tensor(magnitude)) if magnitude is not None else 0.0) or _finite_max(a)
-    rel = 0.0 if max_abs == 0.0 else (max_abs / scale if scale > 0 else float("inf"))
-    return max_abs, rel, index, tuple(diff.shape)
+    # what runs the model with a component replaced (numeric.interventions): a Reference or an Adapter; None: the reference
+    target: object | None = None
 
 
 def _where(label: str, layer: int | None, head: int | None, index: tuple[int, ...], shape: tuple[int, ...]) -> Where:
@@ -190,7 +170,7 @@ class Claim:
         return True, "all conditions hold"
 
     def check(self, arch: Arch, weights: Weights, trace: Trace, *, rtol: float | None = None, rtol_reason: str | None = None,
-              rerun: Callable[[Arch, Weights], Trace] | None = None, assume: bool = True) -> Evidence:
+              rerun: Callable[[Arch, Weights], Trace] | None = None, assume: bool = True, target: object | None = None) -> Evidence:
         """Evaluate the claim on ``trace`` (a forward pass of ``arch`` with ``weights``).
 
         ``rtol`` (default: :func:`default_tolerance`) bounds ``max|lhs - rhs| / scale``, the
@@ -200,7 +180,9 @@ class Claim:
         claims that run the model twice; default the reference on the trace's tokens).
         ``assume=False`` drops the conditions: the claim is evaluated even where it
         does not apply, and frozen pieces (norm scales) are bound live; this is how a
-        counterexample is found.
+        counterexample is found. ``target`` runs the same model with a component replaced
+        (the claims that intervene: a :class:`~circuitproof.numeric.interventions.Reference`
+        or an Adapter; default the reference with ``weights`` in the trace's dtype).
         """
         if assume:
             ok, reason = self.applies(arch)
@@ -211,36 +193,28 @@ class Claim:
             rtol_reason = rtol_reason or default_reason
         rtol_reason = rtol_reason or "given by the caller"
         tokens = trace.tokens
-        ctx = Context(arch, weights, trace, rerun or (lambda a, w: run(a, w, tokens, dtype=trace.resid_pre.dtype)), assume)
+        ctx = Context(arch, weights, trace, rerun or (lambda a, w: run(a, w, tokens, dtype=trace.resid_pre.dtype)), assume, target=target)
         instances = self.instances(arch)
         try:
             if self.prepare is not None:
                 self.prepare(ctx, instances)
         except Unbindable as err:
             return Evidence(self.id, INCONCLUSIVE, tolerance=rtol, tolerance_reason=rtol_reason, detail=f"cannot evaluate: {err}")
-        results, unbound, skipped = [], [], []
-        for inst in instances:
-            try:
-                given = {**ctx.given, **ctx.given_at.get((inst.layer, inst.head), {})}
-                env = bind_claim(inst.atoms, arch, weights, trace, given=given, live=not assume)
-                lhs, rhs, magnitude = inst.compiled.lhs(env), inst.compiled.rhs(env), inst.magnitude(env)
-            except (Unbindable, CompileError) as err:
-                (skipped if inst.optional else unbound).append(f"{inst.label}: {err}")
-                continue
-            results.append((inst.label, inst.layer, inst.head, lhs, rhs, magnitude))
-        results += [(c.label, c.layer, c.head, c.lhs, c.rhs, None) for c in ctx.comparisons]
+        # instances of one derivation (every head's) are evaluated together, each measured on its own (_evaluate)
+        results, unbound, skipped = evaluate_instances(instances, ctx, live=not assume)
+        results += evaluate_comparisons(ctx.comparisons)
         notes = list(ctx.notes)
         if skipped:
             notes.append(f"skipped {len(skipped)} optional instance(s) ({skipped[0]})")
         if not results:
             return Evidence(self.id, INCONCLUSIVE, tolerance=rtol, tolerance_reason=rtol_reason,
                             detail="; ".join([f"cannot evaluate: {unbound[0] if unbound else 'no instance'}"] + notes))
-        worst = None
-        for label, layer, head, lhs, rhs, magnitude in results:
-            max_abs, rel, index, shape = _difference(lhs, rhs, magnitude)
-            if worst is None or rel > worst[1]:
-                worst = (max_abs, rel, _where(label, layer, head, index, shape))
-        max_abs, rel, where = worst
+        worst = results[0]
+        for measured in results[1:]:
+            if measured.rel > worst.rel:
+                worst = measured
+        max_abs, rel = worst.max_abs, worst.rel
+        where = _where(worst.label, worst.layer, worst.head, *worst.locate())
         notes.insert(0, f"{len(results)} evaluated" + ("" if assume else ", conditions dropped"))
         if rel > rtol:
             verdict = FAIL

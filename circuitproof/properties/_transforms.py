@@ -49,28 +49,31 @@ def _env_names(which: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ gauge
-def _conditioned(n: int, gen: torch.Generator) -> torch.Tensor:
-    """An invertible ``n x n`` matrix, condition number <= 12: ``diag(d) (I + R / (2 |R|_F))``, ``d`` in [0.5, 2].
+def _conditioned(shape: tuple[int, ...], n: int, gen: torch.Generator) -> torch.Tensor:
+    """``[*shape, n, n]`` invertible matrices, condition number <= 12: ``diag(d) (I + R / (2 |R|_F))``, ``d`` in [0.5, 2].
 
     ``|R / (2 |R|_F)|_2 <= 1/2``, so the second factor's singular values lie in [0.5, 1.5].
+    All drawn at once (one per layer and key/value head).
     """
-    R = torch.randn(n, n, generator=gen, dtype=torch.float64)
-    d = 0.5 * 4.0 ** torch.rand(n, generator=gen, dtype=torch.float64)
-    return torch.diag(d) @ (torch.eye(n, dtype=torch.float64) + R / (2 * R.norm()))
+    R = torch.randn(*shape, n, n, generator=gen, dtype=torch.float64)
+    d = 0.5 * 4.0 ** torch.rand(*shape, n, generator=gen, dtype=torch.float64)
+    frobenius = torch.linalg.matrix_norm(R)[..., None, None]  # [*shape, 1, 1]
+    return torch.diag_embed(d) @ (torch.eye(n, dtype=torch.float64) + R / (2 * frobenius))
 
 
-def _commuting_with_rotary(arch: Arch, gen: torch.Generator) -> torch.Tensor:
-    """An invertible matrix commuting with every rotary rotation: a scaled rotation within each rotated pair, any block on the rest."""
+def _commuting_with_rotary(arch: Arch, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """``[*shape, Dh, Dh]`` invertible matrices commuting with every rotary rotation: a scaled rotation within each rotated pair
+    (scale in [0.5, 2], any angle), a well-conditioned block on the rest."""
     Dh, r = arch.d_head, arch.rotary_dims
-    M = torch.zeros(Dh, Dh, dtype=torch.float64)
-    for k in range(r // 2):
-        a, b = (k, k + r // 2) if arch.rotary_style == "half" else (2 * k, 2 * k + 1)
-        s = 0.5 * 4.0 ** torch.rand((), generator=gen, dtype=torch.float64)
-        phi = 2 * math.pi * torch.rand((), generator=gen, dtype=torch.float64)
-        c, si = s * torch.cos(phi), s * torch.sin(phi)
-        M[a, a], M[a, b], M[b, a], M[b, b] = c, -si, si, c
+    M = torch.zeros(*shape, Dh, Dh, dtype=torch.float64)
+    k = torch.arange(r // 2)
+    a, b = (k, k + r // 2) if arch.rotary_style == "half" else (2 * k, 2 * k + 1)  # the coordinates of pair k
+    s = 0.5 * 4.0 ** torch.rand(*shape, r // 2, generator=gen, dtype=torch.float64)
+    phi = 2 * math.pi * torch.rand(*shape, r // 2, generator=gen, dtype=torch.float64)
+    c, si = s * torch.cos(phi), s * torch.sin(phi)
+    M[..., a, a], M[..., a, b], M[..., b, a], M[..., b, b] = c, -si, si, c
     if r < Dh:
-        M[r:, r:] = _conditioned(Dh - r, gen)
+        M[..., r:, r:] = _conditioned(shape, Dh - r, gen)
     return M
 
 
@@ -84,11 +87,11 @@ def gauge_matrices(arch: Arch, *, general_qk: bool, seed: int = 0) -> tuple[torc
     """
     gen = torch.Generator().manual_seed(seed)
     L, K, Dh = arch.n_layers, arch.n_kv_heads, arch.d_head
-    N = torch.stack([torch.stack([_conditioned(Dh, gen) for _ in range(K)]) for _ in range(L)])
+    N = _conditioned((L, K), Dh, gen)
     if general_qk or (arch.positional != "rotary" and arch.qk_norm == "none"):
-        M, note = torch.stack([torch.stack([_conditioned(Dh, gen) for _ in range(K)]) for _ in range(L)]), "M general"
+        M, note = _conditioned((L, K), Dh, gen), "M general"
     elif arch.qk_norm == "none":
-        M = torch.stack([torch.stack([_commuting_with_rotary(arch, gen) for _ in range(K)]) for _ in range(L)])
+        M = _commuting_with_rotary(arch, (L, K), gen)
         note = "M commutes with the rotary rotations (scaled rotations within each pair)"
     else:
         M, note = torch.eye(Dh, dtype=torch.float64).expand(L, K, Dh, Dh).clone(), "M = I: QK-norm leaves no QK gauge"

@@ -24,6 +24,7 @@ logits.heads_only                   ``logits.heads_only(L, H)``
 paths.attention_only                ``paths.path_expansion(L, H)``
 ablation.direct_effect              ``direct_effect_rerun`` with each last-layer head ablated in a rerun
 norm.folding                        ``fold_and_centre_final`` on the trace, and a rerun with every norm folded (log-probs)
+patching.direct_effect              ``interventions.patching_direct_effect``: each last-layer head patched through the target's own pass
 =================================== =========================================================================
 
 Concrete identities are built once per shape (layer, head, block kind) and cached.
@@ -39,6 +40,7 @@ from ..arch import Arch
 from ..symbolic import ALWAYS, Assumption
 from ..symbolic import claims_extra as ce
 from ..symbolic.attention import NO_ROTARY, NO_SOFTCAP, head_sum, ov_circuit, qk_circuit
+from ..symbolic.interventions import FINAL_NORM_FROZEN, patching_direct_effect
 from ..symbolic.logits import NO_FINAL_NORM, NO_LOGIT_SOFTCAP, NO_TRANSFORM_HEAD, heads_only, linear_in_final_resid, unrolled_decomposition
 from ..symbolic.norms import PRE_NORM
 from ..symbolic.paths import ATTN_ONLY_FROZEN, path_expansion
@@ -46,7 +48,7 @@ from ..symbolic.residual import NO_POST_NORM, block_kind, unrolled_expansion
 from ._claim import Claim, Comparison, Context, Instance, rerun_or_reference
 from ._evidence import Evidence
 
-__all__ = ["Claim", "Evidence", "CLAIMS", "NO_OUTPUT_NORM", "HAS_MLP"]
+__all__ = ["Claim", "Evidence", "CLAIMS", "NO_OUTPUT_NORM", "HAS_MLP", "patch_source"]
 
 PAPER = "Elhage et al. 2021, A Mathematical Framework for Transformer Circuits"
 HAS_MLP = Assumption("an MLP", "an attention-only model has no MLP to check", lambda a: a.has_mlp)
@@ -139,6 +141,11 @@ def _direct(L: int, H: int) -> tuple[Instance, ...]:
     return tuple(Instance(f"ablation.direct_effect[l={L - 1},h={h}]", ce.direct_effect_rerun(L - 1, h), L - 1, h) for h in range(H))
 
 
+@functools.lru_cache(maxsize=64)
+def _patching(L: int, H: int, final: str) -> tuple[Instance, ...]:
+    return tuple(Instance(f"patching.direct_effect[l={L - 1},h={h}]", patching_direct_effect(L - 1, h, final), L - 1, h) for h in range(H))
+
+
 @functools.lru_cache(maxsize=16)
 def _folding(norm: str, L: int) -> tuple[Instance, ...]:
     return (Instance(f"norm.folding[{norm}]", ce.fold_and_centre_final(norm, L)),)
@@ -158,19 +165,25 @@ def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
     gauged = gauged_weights(arch, w, M, N)
     ctx.notes.append(note)
     kv, dtype = arch.group_size, ctx.trace.resid_pre.dtype
+    absent = torch.zeros(1, arch.d_head, dtype=dtype)  # a bias the architecture lacks
+    stacks = {"M": M.to(dtype), "N": N.to(dtype), **{f"{name}'": gauged[name].to(dtype) for name in
+                                                      ("W_Q", "W_O", "W_K", "W_V", "b_Q", "b_K", "b_V") if name in gauged}}
+    per_head: dict[tuple[int, int], dict[str, torch.Tensor]] = {}  # (l, h) -> its M, N and primed weights
     for inst in instances:
         l, h = inst.layer, inst.head
-        k = h // kv
-        values = {"M": M[l, k], "N": N[l, k]}
-        for name, idx in (("W_Q", h), ("W_O", h), ("W_K", k), ("W_V", k), ("b_Q", h), ("b_K", k), ("b_V", k)):
-            if name.startswith("b_"):
-                values[f"{name}'"] = gauged[name][l, idx][None] if name in gauged else torch.zeros(1, arch.d_head, dtype=dtype)
-            else:
-                values[f"{name}'"] = gauged[name][l, idx]
+        if (l, h) not in per_head:
+            k = h // kv
+            values = {"M": stacks["M"][l, k], "N": stacks["N"][l, k]}
+            for name, idx in (("W_Q'", h), ("W_O'", h), ("W_K'", k), ("W_V'", k), ("b_Q'", h), ("b_K'", k), ("b_V'", k)):
+                if name.startswith("b_"):
+                    values[name] = stacks[name][l, idx][None] if name in stacks else absent
+                else:
+                    values[name] = stacks[name][l, idx]
+            per_head[l, h] = values
         given = ctx.given_at.setdefault((l, h), {})
         for atom, (kind, _) in inst.compiled.atoms.items():
             if kind in ("gauge", "gauged"):
-                given[atom] = values[atom.split("_{")[0]].to(dtype)
+                given[atom] = per_head[l, h][atom.split("_{")[0]]
     rerun = rerun_or_reference(ctx, arch, gauged)
     ctx.comparisons.append(Comparison("forward pass with the gauged weights: logits", rerun.logits, ctx.trace.logits))
     for l, h in _heads(arch):
@@ -188,10 +201,37 @@ def _prepare_ablation(ctx: Context, instances: tuple[Instance, ...]) -> None:
         ctx.given[f"logits^{{ablated}}_{{{last},{inst.head}}}"] = trace.logits
 
 
+def patch_source(tokens: torch.Tensor, d_vocab: int) -> torch.Tensor:
+    """The source tokens ``patching.direct_effect`` patches from: every id advanced by one, ``(t + 1) mod d_vocab``.
+
+    Deterministic, the shape of ``tokens``, and different at every position (d_vocab >= 2), so every head's write changes.
+    """
+    return (tokens + 1) % d_vocab
+
+
+def _prepare_patching(ctx: Context, instances: tuple[Instance, ...]) -> None:
+    """Patch each last-layer head's ``z`` with its value on :func:`patch_source` tokens, through the target's own forward
+    pass (final norm scale frozen at the clean run's; live with the conditions dropped); bind the patched logits as
+    ``logits^{patched}`` and the source run's write as ``h'``."""
+    from ..numeric import interventions as iv
+    from ..numeric.bind import Unbindable
+
+    target = iv.as_target(ctx.target if ctx.target is not None else iv.Reference(ctx.weights, ctx.trace.resid_pre.dtype))
+    tokens, last = ctx.trace.tokens, ctx.arch.n_layers - 1
+    source = target.trace(patch_source(tokens, ctx.arch.d_vocab))
+    frozen = iv.final_scale(target, ctx.trace) if (ctx.assume and ctx.arch.final_norm) else None
+    ctx.notes.append("final norm scale " + ("frozen at the clean run's" if frozen is not None else "live" if ctx.arch.final_norm else "absent"))
+    for inst in instances:
+        head = iv.Head(last, inst.head)
+        patched = iv.run_replaced(target, tokens, head, iv.value(source, head), final_scale=frozen)
+        if patched.logits is None:
+            raise Unbindable("the target computes no logits (a model without its LM head)")
+        ctx.given[f"logits^{{patched}}_{{{last},{inst.head}}}"] = patched.logits
+        ctx.given[f"h'_{{{last},{inst.head}}}"] = source.head_out[last, :, :, inst.head]
+
+
 def _prepare_folding(ctx: Context, instances: tuple[Instance, ...]) -> None:
     """Fold every foldable norm and centre W_U (the symbolic definitions), rerun, compare log-probabilities; bind the centred weights."""
-    from ..symbolic import norms
-    from ..symbolic._compile import compile_expr
     from ._bindings import bind_claim
     from ._transforms import folded
 
@@ -205,11 +245,27 @@ def _prepare_folding(ctx: Context, instances: tuple[Instance, ...]) -> None:
         base.update({"G": ("norm_gain", ()), "b_{N}": ("norm_bias", ()), "C": ("centring", ())})
     env = bind_claim(base, ctx.arch, ctx.weights, ctx.trace)
     for inst in instances:
-        for atom, definition in norms.definitions(inst.identity):
-            if atom.name.startswith("N_{"):
-                continue  # the norm's output: bound from the trace, not from its definition
-            env[atom.name] = compile_expr(definition.expand().doit())(env)
+        for name, definition in _compiled_definitions(inst.identity):
+            env[name] = definition(env)
         ctx.given.update({n: env[n] for n, (kind, _) in inst.compiled.atoms.items() if kind == "centred"})
+
+
+_DEFINITIONS: dict[int, tuple] = {}
+
+
+def _compiled_definitions(identity) -> tuple[tuple[str, object], ...]:
+    """(atom name, compiled definition) of the identity's defined atoms, in derivation order, compiled once per identity.
+
+    The norm's output ``N_{...}`` is left out: it is bound from the trace, not from its definition.
+    """
+    from ..symbolic import norms
+    from ..symbolic._compile import compile_expr
+
+    key = id(identity)
+    if key not in _DEFINITIONS:  # keep the identity alive with its key
+        _DEFINITIONS[key] = (identity, tuple((atom.name, compile_expr(definition.expand().doit()))
+                                             for atom, definition in norms.definitions(identity) if not atom.name.startswith("N_{")))
+    return _DEFINITIONS[key][1]
 
 
 # ------------------------------------------------------------------ the catalogue
@@ -283,4 +339,12 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
            f"{PAPER}, 'Additional Intuition and Observations' (layer norm folding); TransformerLens fold_ln, center_unembed",
            "pre-norm layernorm / rmsnorm, no logit softcap", (PRE_NORM, NO_LOGIT_SOFTCAP), dict(logit_softcap=None),
            lambda a: _folding(_unembed_norm(a), a.n_layers), _prepare_folding),
+    _claim("patching.direct_effect", "patching a last-layer head's write from h to h' (its value on other tokens) moves the "
+           "logits by exactly (h' - h) W_U (through the final norm with its scale frozen: S_f^{-1} (h' - h) C G_f W_U)",
+           "seed: 'locating the components - determining which heads and MLP neurons causally affect that behaviour, typically "
+           "via activation patching'; 'ablate a head (or factor), observe the exact change in output'",
+           "no final norm or its scale frozen at the clean run's, no softcap, no transform head; and nothing but W_U reads the "
+           "head (attention-only or parallel last layer, no output norm); with the final norm live it fails",
+           (FINAL_NORM_FROZEN, NO_LOGIT_SOFTCAP, NO_TRANSFORM_HEAD, ce.DIRECT_PATH), dict(logit_softcap=None, unembed_transform=False),
+           lambda a: _patching(a.n_layers, a.n_heads, a.norm if a.final_norm else "none"), _prepare_patching),
 )}

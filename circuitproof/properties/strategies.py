@@ -9,10 +9,15 @@ lazy, takes keyword-only bounds with small defaults, validates them on the first
 draw with ``name=value`` messages, and has a ``repr`` that reproduces the call.
 
 Shrinking: each choice is drawn from a list ordered simplest first, sizes shrink
-toward their lower bounds, and ``archs`` draws the same number of choices whatever
-their values, so a failing example shrinks toward one layer, one head, the smallest
-dimensions and the fewest features on; ``models`` shrinks its target toward the
-reference and its seed toward 0.
+toward their lower bounds, the on/off switches are bits of three bytes (off = 0), and
+``archs`` draws the same number of choices whatever their values, so a failing
+example shrinks toward one layer, one head, the smallest dimensions and the fewest
+features on; ``models`` shrinks its target toward the reference and its seed toward 0.
+
+Speed: every draw costs tens of microseconds in Hypothesis, so strategies are built
+once and reused and the switches are drawn eight to a choice (three draws, not 21);
+a :class:`Model` keeps the traces of the tokens it ran, so that checking every claim
+(:meth:`Model.check_all`) runs the forward pass once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,27 @@ _POSITIONAL = ("none", "learned", "rotary")
 _NORM = ("none", "layernorm", "rmsnorm")
 _PLACEMENT = ("pre", "post", "output", "sandwich")
 _ACT = ("relu", "gelu", "gelu_tanh", "silu")
+
+
+# Strategies are built once and reused: a strategy object validates itself and computes its
+# label on first use, which costs more than drawing from it.
+_OPTIONS = {"rotary_base": (10000.0, 100.0), "rotary_style": ("half", "interleaved"), "norm_eps": (1e-5, 1e-6),
+            "norm_gain": ("w", "one_plus_w"), "embed_scale": (1.0, 2.0)}  # two-way choices, the simplest first
+_FLAGS = ("attn_only", "parallel", "final_norm", "embed_norm", "parallel_shared_norm", "unembed_transform", "gated", "mlp_bias",
+          "_sliding", "_bidirectional", "q_bias", "k_bias", "v_bias", "o_bias", "tied", "unembed_bias", *_OPTIONS)
+_BYTE = st.integers(0, 255)
+_N_CTX = st.integers(1, 8).map(lambda n: 2 * n)
+_SEED = st.integers(0, 2**32 - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _ints(low: int, high: int) -> st.SearchStrategy:
+    return st.integers(low, high)
+
+
+@functools.lru_cache(maxsize=None)
+def _one_of(values: tuple) -> st.SearchStrategy:
+    return st.sampled_from(values)
 
 
 def _check_bound(name: str, value: object, low: int) -> None:
@@ -79,44 +105,52 @@ def archs(
     def pick(name: str, strategy: st.SearchStrategy) -> object:
         return fixed[name] if name in fixed else draw(strategy)
 
+    def flag(name: str) -> bool:
+        return fixed[name] if name in fixed else bool(switches >> _FLAGS.index(name) & 1)
+
+    def option(name: str) -> object:
+        return fixed[name] if name in fixed else _OPTIONS[name][switches >> _FLAGS.index(name) & 1]
+
     # sizes and heads: the group is clamped so that n_heads <= max_heads
-    n_layers = pick("n_layers", st.integers(1, max_layers))
-    n_kv_heads = pick("n_kv_heads", st.integers(1, max_heads))
-    group = pick("_group", st.integers(1, max_heads))
+    n_layers = pick("n_layers", _ints(1, max_layers))
+    n_kv_heads = pick("n_kv_heads", _ints(1, max_heads))
+    group = pick("_group", _ints(1, max_heads))
     group = max(1, min(group, max_heads // n_kv_heads))
     n_heads = fixed.get("n_heads", n_kv_heads * group)
     if n_heads % n_kv_heads:
         n_kv_heads = n_heads
-    positional = pick("positional", st.sampled_from(_POSITIONAL))
-    d_head = pick("d_head", st.integers(1, max_d_head))
+    positional = pick("positional", _one_of(_POSITIONAL))
+    d_head = pick("d_head", _ints(1, max_d_head))
     if positional == "rotary" and "d_head" not in fixed:
         d_head = 2 * max(1, d_head // 2)  # rotary rotates pairs
-    rotary_half = pick("_rotary_half", st.integers(0, max_d_head // 2))  # rotary_dim / 2; 0 means the whole head
+    rotary_half = pick("_rotary_half", _ints(0, max_d_head // 2))  # rotary_dim / 2; 0 means the whole head
+    # the on/off switches and two-way options, eight to a choice, a bit each (off, or the first option = 0): they
+    # shrink toward every switch off as they would one by one, in three draws instead of 21 (Hypothesis draws the
+    # eight bits of a byte evenly)
+    switches = draw(_BYTE) | draw(_BYTE) << 8 | draw(_BYTE) << 16
     rotary = {}
     if positional == "rotary":
         rotary_dim = fixed.get("rotary_dim", min(2 * rotary_half, d_head) or None)
         rotary = dict(
             rotary_dim=rotary_dim,
-            rotary_base=pick("rotary_base", st.sampled_from([10000.0, 100.0])),
-            rotary_style=pick("rotary_style", st.sampled_from(["half", "interleaved"])),
+            rotary_base=option("rotary_base"),
+            rotary_style=option("rotary_style"),
         )
-    else:
-        pick("rotary_base", st.sampled_from([10000.0, 100.0])), pick("rotary_style", st.sampled_from(["half", "interleaved"]))
     # norms and blocks: every switch drawn, applied where the family allows it
-    norm = pick("norm", st.sampled_from(_NORM))
-    attn_only = pick("attn_only", st.booleans())
-    parallel = pick("parallel", st.booleans()) and not attn_only
-    placement = pick("norm_placement", st.sampled_from(_PLACEMENT))
+    norm = pick("norm", _one_of(_NORM))
+    attn_only = flag("attn_only")
+    parallel = flag("parallel") and not attn_only
+    placement = pick("norm_placement", _one_of(_PLACEMENT))
     if norm == "none" or parallel:
         placement = "pre"
     drawn_norm = dict(
-        norm_eps=pick("norm_eps", st.sampled_from([1e-5, 1e-6])),
-        norm_gain=pick("norm_gain", st.sampled_from(["w", "one_plus_w"])),
-        final_norm=pick("final_norm", st.booleans()),
-        embed_norm=pick("embed_norm", st.booleans()),
-        qk_norm=pick("qk_norm", st.sampled_from(["none", "all_heads", "per_head"])),
-        parallel_shared_norm=pick("parallel_shared_norm", st.booleans()),
-        unembed_transform=pick("unembed_transform", st.booleans()),
+        norm_eps=option("norm_eps"),
+        norm_gain=option("norm_gain"),
+        final_norm=flag("final_norm"),
+        embed_norm=flag("embed_norm"),
+        qk_norm=pick("qk_norm", _one_of(("none", "all_heads", "per_head"))),
+        parallel_shared_norm=flag("parallel_shared_norm"),
+        unembed_transform=flag("unembed_transform"),
     )
     norm_fields = {}
     if norm != "none":
@@ -126,41 +160,41 @@ def archs(
         norm_fields["parallel_shared_norm"] = parallel and drawn_norm["parallel_shared_norm"]
         norm_fields["unembed_transform"] = (not attn_only) and drawn_norm["unembed_transform"]
     drawn_mlp = dict(
-        d_mlp=pick("d_mlp", st.integers(1, 2 * max_d_model)),
-        gated=pick("gated", st.booleans()),
-        act=pick("act", st.sampled_from(_ACT)),
-        mlp_bias=pick("mlp_bias", st.booleans()),
+        d_mlp=pick("d_mlp", _ints(1, 2 * max_d_model)),
+        gated=flag("gated"),
+        act=pick("act", _one_of(_ACT)),
+        mlp_bias=flag("mlp_bias"),
     )
     mlp = {} if attn_only else drawn_mlp
     # sliding window: the layers as a bit mask (one choice, whatever the depth)
-    sliding = pick("_sliding", st.booleans())
-    mask = pick("_sliding_mask", st.integers(1, 2**n_layers - 1))
+    sliding = flag("_sliding")
+    mask = pick("_sliding_mask", _ints(1, 2**n_layers - 1))
     layers = fixed.get("sliding_layers", tuple(l for l in range(n_layers) if mask >> l & 1))
-    size = pick("sliding_window", st.integers(1, 4))
+    size = pick("sliding_window", _ints(1, 4))
     window = dict(sliding_window=size, sliding_layers=layers) if sliding else {}
     fields = dict(
         n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
-        d_model=pick("d_model", st.integers(2, max_d_model)),
+        d_model=pick("d_model", _ints(2, max_d_model)),
         d_head=d_head,
-        d_vocab=pick("d_vocab", st.integers(2, max_vocab)),
-        n_ctx=pick("n_ctx", st.integers(1, 8).map(lambda n: 2 * n)),
-        causal=pick("causal", st.sampled_from([True, False])),
-        q_bias=pick("q_bias", st.booleans()),
-        k_bias=pick("k_bias", st.booleans()),
-        v_bias=pick("v_bias", st.booleans()),
-        o_bias=pick("o_bias", st.booleans()),
-        attn_scale=pick("attn_scale", st.sampled_from([None, 0.5, 1.0])),
-        attn_softcap=pick("attn_softcap", st.sampled_from([None, 5.0, 1.0])),
+        d_vocab=pick("d_vocab", _ints(2, max_vocab)),
+        n_ctx=pick("n_ctx", _N_CTX),
+        causal=fixed.get("causal", not flag("_bidirectional")),
+        q_bias=flag("q_bias"),
+        k_bias=flag("k_bias"),
+        v_bias=flag("v_bias"),
+        o_bias=flag("o_bias"),
+        attn_scale=pick("attn_scale", _one_of((None, 0.5, 1.0))),
+        attn_softcap=pick("attn_softcap", _one_of((None, 5.0, 1.0))),
         positional=positional,
         norm=norm,
         attn_only=attn_only,
         parallel=parallel,
-        tied=pick("tied", st.booleans()),
-        unembed_bias=pick("unembed_bias", st.booleans()),
-        logit_softcap=pick("logit_softcap", st.sampled_from([None, 10.0, 2.0])),
-        embed_scale=pick("embed_scale", st.sampled_from([1.0, 2.0])),
+        tied=flag("tied"),
+        unembed_bias=flag("unembed_bias"),
+        logit_softcap=pick("logit_softcap", _one_of((None, 10.0, 2.0))),
+        embed_scale=option("embed_scale"),
         **rotary,
         **norm_fields,
         **mlp,
@@ -189,7 +223,7 @@ def weights(draw: st.DrawFn, arch: Arch, *, dtype: torch.dtype = torch.float64) 
     """``Weights.random(arch, seed)`` for a drawn seed; shrinks toward seed 0."""
     if not isinstance(arch, Arch):
         raise ValueError(f"weights: arch={arch!r} must be an Arch")
-    return Weights.random(arch, draw(st.integers(0, 2**32 - 1)), dtype=dtype)
+    return Weights.random(arch, draw(_SEED), dtype=dtype)
 
 
 @st.composite
@@ -203,11 +237,20 @@ def tokens(draw: st.DrawFn, arch: Arch, *, max_batch: int = 2, min_pos: int = 1,
     top = arch.n_ctx if max_pos is None else min(max_pos, arch.n_ctx)
     if min_pos > top:
         raise ValueError(f"tokens: min_pos={min_pos} exceeds max_pos/n_ctx={top}")
-    batch = draw(st.integers(1, max_batch))
-    pos = draw(st.integers(min_pos, top))
-    seed = draw(st.integers(0, 2**32 - 1))
+    batch = draw(_ints(1, max_batch))
+    pos = draw(_ints(min_pos, top))
+    seed = draw(_SEED)
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, arch.d_vocab, (batch, pos), generator=gen)
+
+
+_KEEP_TRACES = 4
+
+
+def _tokens_key(tokens: torch.Tensor) -> tuple:
+    """What identifies a batch of token ids: shape, dtype and the ids themselves."""
+    t = torch.as_tensor(tokens)
+    return tuple(t.shape), t.dtype, t.detach().cpu().contiguous().numpy().tobytes()
 
 
 class Model:
@@ -227,6 +270,8 @@ class Model:
         if target != "reference" and target not in FAMILIES:
             raise ValueError(f"Model: target={target!r} must be 'reference' or one of {FAMILIES}")
         self.arch, self.seed, self.target, self.dtype = arch, seed, target, dtype
+        self._traces: dict[tuple, Trace] = {}  # tokens' key -> the target's trace of them (the last _KEEP_TRACES)
+        self._last: tuple | None = None  # (tokens tensor, its version, trace) of the last call
 
     def __repr__(self) -> str:
         dtype = "" if self.dtype == torch.float64 else f", dtype={self.dtype}"
@@ -246,10 +291,25 @@ class Model:
         return adapt(build(self.arch, self.weights, self.target))
 
     def trace(self, tokens: torch.Tensor) -> Trace:
-        """The target's forward pass on ``tokens``."""
-        if self.target == "reference":
-            return run(self.arch, self.weights, tokens, dtype=self.dtype)
-        return self._adapter.trace(tokens)
+        """The target's forward pass on ``tokens``, run once per distinct tokens (by shape and values) and kept.
+
+        The last few traces are kept, so that checking every claim on the same tokens
+        runs the model once; other tokens get a fresh forward pass.
+        """
+        last = self._last
+        if last is not None and last[0] is tokens and last[1] == tokens._version:
+            return last[2]  # the very tensor of the last call, not changed in place since (its version counter)
+        key = _tokens_key(tokens)
+        trace = self._traces.get(key)
+        if trace is None:
+            own = torch.as_tensor(tokens).clone()  # the kept trace's tokens are its own, whatever the caller does with theirs
+            trace = run(self.arch, self.weights, own, dtype=self.dtype) if self.target == "reference" else self._adapter.trace(own)
+            if len(self._traces) >= _KEEP_TRACES:
+                del self._traces[next(iter(self._traces))]  # the oldest
+            self._traces[key] = trace
+        if isinstance(tokens, torch.Tensor):
+            self._last = (tokens, tokens._version, trace)
+        return trace
 
     def trace_of(self, arch: Arch, weights: Weights, tokens: torch.Tensor) -> Trace:
         """The same target carrying other weights (a transformed model); UnsupportedError if its family cannot express ``arch``."""
@@ -280,10 +340,39 @@ class Model:
         return RTOL_FLOAT32, f"{self.target} computes {len(steps)} steps in float32 whatever its dtype ({short}); " + RTOL_FLOAT32_REASON
 
     def check(self, claim, tokens: torch.Tensor, *, assume: bool = True):
-        """``claim.check`` on this target's trace of ``tokens``, with its tolerance and its own reruns."""
+        """``claim.check`` on this target's trace of ``tokens``, with its tolerance, its own reruns and interventions."""
         rtol, reason = self.tolerance
         return claim.check(self.arch, self.weights, self.trace(tokens), rtol=rtol, rtol_reason=reason,
-                           rerun=lambda arch, weights: self.trace_of(arch, weights, tokens), assume=assume)
+                           rerun=lambda arch, weights: self.trace_of(arch, weights, tokens), assume=assume,
+                           target=self.intervention_target)
+
+    @property
+    def intervention_target(self):
+        """What runs this model with a component replaced (``numeric.interventions``): the reference, or the family's adapter."""
+        from ..numeric.interventions import Reference
+
+        return Reference(self.weights, self.dtype) if self.target == "reference" else self._adapter
+
+    def check_all(self, claims, tokens: torch.Tensor, **options) -> list:
+        """``[self.check(claim, tokens, **options) for claim in claims]``: every claim on one forward pass of ``tokens``.
+
+        The trace is computed once (:meth:`trace` keeps it) and every claim reads it;
+        each Evidence is exactly what :meth:`check` returns for that claim.
+        """
+        return [self.check(claim, tokens, **options) for claim in claims]
+
+
+def _archs(constraints: dict[str, object]) -> st.SearchStrategy:
+    """``archs(**constraints)``, the same strategy object for the same constraints (when they are hashable)."""
+    try:
+        return _archs_cached(tuple(constraints.items()))
+    except TypeError:  # an unhashable constraint (a list): a fresh strategy
+        return archs(**constraints)
+
+
+@functools.lru_cache(maxsize=256)
+def _archs_cached(constraints: tuple) -> st.SearchStrategy:
+    return archs(**dict(constraints))
 
 
 def _families_for(arch: Arch) -> list[str]:
@@ -310,8 +399,8 @@ def models(draw: st.DrawFn, family: str | None = None, *, dtype: torch.dtype = t
     if family is not None and family != "reference" and family not in FAMILIES:
         raise ValueError(f"models: family={family!r} must be None, 'reference' or one of {FAMILIES}")
     if family in (None, "reference"):
-        arch = draw(archs(**constraints))
-        target = draw(st.sampled_from(["reference", *(_families_for(arch) if family is None else [])]))
+        arch = draw(_archs(constraints))
+        target = draw(_one_of(("reference", *(_families_for(arch) if family is None else ()))))
     else:
         arch, target = draw(family_archs(family, **constraints)), family
-    return Model(arch, draw(st.integers(0, 2**32 - 1)), target, dtype)
+    return Model(arch, draw(_SEED), target, dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 
 from ..arch import Arch
-from . import attention, logits, norms, paths, residual, seed
+from . import attention, interventions, logits, norms, paths, residual, seed, seed_strict
 from ._core import Identity, Refutation
 
 __all__ = ["general", "refutations", "instances"]
@@ -31,7 +31,7 @@ def general() -> list[Identity]:
     out += [logits.linear_in_final_resid()]
     out += [logits.decomposition(k, f) for k in _KINDS for f in _FINAL]
     out += [logits.heads_only(2, 2), logits.direct_effect(3, 1)]
-    out += paths.general() + norms.general() + seed.general()
+    out += paths.general() + norms.general() + seed.general() + seed_strict.general() + interventions.general()
     return out
 
 
@@ -39,7 +39,7 @@ def refutations() -> list[Refutation]:
     """Where claims break, each with the failing step and the term that breaks it."""
     out = [residual.post_norm_refutation(), attention.rotary_qk_refutation(), attention.gauge_qk_rotary_refutation(),
            logits.final_norm_refutation()]
-    out += norms.refutations() + seed.refutations()
+    out += norms.refutations() + seed.refutations() + seed_strict.refutations() + interventions.refutations()
     return out
 
 

@@ -34,7 +34,7 @@ DESIGN_IDS = {
     "embedding.x0", "residual.additive", "residual.expansion", "attention.head_sum", "attention.qk_circuit",
     "attention.key_bias_invariance", "attention.ov_circuit", "attention.linear_given_pattern", "attention.gauge", "mlp.formula",
     "logits.linear_in_final_resid", "logits.decomposition", "logits.heads_only", "paths.attention_only", "ablation.direct_effect",
-    "norm.folding",
+    "norm.folding", "patching.direct_effect",
 }
 
 

@@ -153,3 +153,17 @@ def test_a_family_model_runs_the_real_implementation():
     assert (real.logits - ref.logits).abs().max() < 1e-9 * ref.logits.abs().max()
     assert model.tolerance[0] == 1e-10 and "float64" in model.tolerance[1]
     assert Model(Arch(positional="rotary", norm="rmsnorm", gated=True, mlp_bias=False), target="llama").tolerance[0] == 1e-4
+
+
+@pytest.mark.parametrize("switch", ["q_bias", "k_bias", "v_bias", "o_bias", "tied", "unembed_bias", "gated", "mlp_bias", "causal"])
+def test_each_on_off_switch_is_drawn_and_shrinks_alone(switch):
+    """The switches are drawn eight bits to a choice: each one still turns on, and a property needing it shrinks to it alone."""
+    wanted = not MINIMAL.causal if switch == "causal" else True
+    found = find(archs(), lambda a: getattr(a, switch) == wanted and a.has_mlp, settings=QUIET)  # attention-only: MLP defaults
+    assert found == MINIMAL.replace(**{switch: wanted}), repr(found)
+
+
+def test_models_reuse_one_archs_strategy_per_constraints():
+    assert strategies._archs({"norm": "none"}) is strategies._archs({"norm": "none"})
+    unhashable = strategies._archs({"sliding_layers": [0]})  # a list: a fresh strategy, drawn as usual
+    assert repr(unhashable) == "archs(sliding_layers=[0])"

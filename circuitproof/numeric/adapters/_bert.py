@@ -144,6 +144,19 @@ class BertAdapter(Adapter):
                 tensors["W_U"] = check_shape(name, "cls.predictions.decoder.weight", pred.decoder.weight, (arch.d_vocab, D)).detach().T
         return Weights(arch, tensors)
 
+    # ---------------------------------------------------------- hook points
+    def _bert(self) -> torch.nn.Module:
+        return self.model.bert if hasattr(self.model, "bert") else self.model
+
+    def embed_point(self) -> tuple[torch.nn.Module, str]:
+        return self._bert().embeddings.LayerNorm, "input"  # word + token type + position, before the embedding norm
+
+    def out_proj(self, layer: int) -> torch.nn.Module:
+        return self._bert().encoder.layer[layer].attention.output.dense
+
+    def mlp_module(self, layer: int) -> torch.nn.Module:
+        return self._bert().encoder.layer[layer].output.dense  # W_out, before the add and the post-norm
+
     # -------------------------------------------------------------- tracing
     def _trace(self, tokens: torch.Tensor, rec: Recorder) -> Trace:
         model, arch = self.model, self.arch

@@ -123,6 +123,22 @@ class GPT2Adapter(Adapter):
             tensors["W_U"] = check_shape(name, "lm_head.weight", model.lm_head.weight, (arch.d_vocab, D)).detach().T  # [D, V]
         return Weights(arch, tensors)
 
+    # ---------------------------------------------------------- hook points
+    def _tf(self) -> torch.nn.Module:
+        return self.model.transformer if hasattr(self.model, "transformer") else self.model
+
+    def embed_point(self) -> tuple[torch.nn.Module, str]:
+        return self._tf().drop, "input"  # wte(t) + wpe(p) enters the embedding dropout
+
+    def out_proj(self, layer: int) -> torch.nn.Module:
+        return self._tf().h[layer].attn.c_proj
+
+    def mlp_module(self, layer: int) -> torch.nn.Module:
+        return self._tf().h[layer].mlp
+
+    def final_norm_module(self) -> torch.nn.Module:
+        return self._tf().ln_f
+
     # -------------------------------------------------------------- tracing
     def _trace(self, tokens: torch.Tensor, rec: Recorder) -> Trace:
         model, arch = self.model, self.arch

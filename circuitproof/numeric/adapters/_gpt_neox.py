@@ -196,6 +196,19 @@ class GPTNeoXAdapter(Adapter):
             raise AdapterError(f"{name}: tie_word_embeddings=True but lm_head.weight is not gpt_neox.embed_in.weight")
         return Weights(arch, tensors)
 
+    # ---------------------------------------------------------- hook points
+    def embed_point(self) -> tuple[torch.nn.Module, str]:
+        return self.model.gpt_neox.embed_in, "output"
+
+    def out_proj(self, layer: int) -> torch.nn.Module:
+        return self.model.gpt_neox.layers[layer].attention.dense
+
+    def mlp_module(self, layer: int) -> torch.nn.Module:
+        return self.model.gpt_neox.layers[layer].mlp
+
+    def final_norm_module(self) -> torch.nn.Module:
+        return self.model.gpt_neox.final_layer_norm
+
     # ----------------------------------------------------------------- trace
     def _trace(self, tokens: torch.Tensor, rec: Recorder) -> Trace:
         arch, net = self.arch, self.model.gpt_neox

@@ -169,6 +169,19 @@ class GPTJAdapter(Adapter):
         tensors["b_U"] = get("lm_head.bias", model.lm_head.bias, (V,))
         return Weights(arch, tensors)
 
+    # ---------------------------------------------------------- hook points
+    def embed_point(self) -> tuple[torch.nn.Module, str]:
+        return self.model.transformer.wte, "output"
+
+    def out_proj(self, layer: int) -> torch.nn.Module:
+        return self.model.transformer.h[layer].attn.out_proj
+
+    def mlp_module(self, layer: int) -> torch.nn.Module:
+        return self.model.transformer.h[layer].mlp
+
+    def final_norm_module(self) -> torch.nn.Module:
+        return self.model.transformer.ln_f
+
     # ----------------------------------------------------------------- trace
     def _trace(self, tokens: torch.Tensor, rec: Recorder) -> Trace:
         arch, net = self.arch, self.model.transformer

@@ -295,6 +295,19 @@ class LlamaAdapter(Adapter):
             raise AdapterError(f"{cls.__name__}: tie_word_embeddings=True did not tie lm_head.weight to embed_tokens.weight")
         return model
 
+    # ---------------------------------------------------------- hook points
+    def embed_point(self) -> tuple[torch.nn.Module, str]:
+        return self.model.model.embed_tokens, "output"
+
+    def out_proj(self, layer: int) -> torch.nn.Module:
+        return self.model.model.layers[layer].self_attn.o_proj
+
+    def mlp_module(self, layer: int) -> torch.nn.Module:
+        return self.model.model.layers[layer].mlp
+
+    def final_norm_module(self) -> torch.nn.Module:
+        return self.model.model.norm
+
     # ---------------------------------------------------------- trace side
     def _trace(self, tokens: torch.Tensor, rec: Recorder) -> Trace:
         arch, model = self.arch, self.model

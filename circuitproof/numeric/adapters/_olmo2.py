@@ -157,6 +157,19 @@ class Olmo2Adapter(Adapter):
         tensors["ln_final_w"] = check_shape(name, "model.norm.weight", model.model.norm.weight, (D,)).detach().clone()
         return Weights(arch, tensors)
 
+    # ---------------------------------------------------------- hook points
+    def embed_point(self) -> tuple[torch.nn.Module, str]:
+        return self.model.model.embed_tokens, "output"
+
+    def out_proj(self, layer: int) -> torch.nn.Module:
+        return self.model.model.layers[layer].self_attn.o_proj
+
+    def mlp_module(self, layer: int) -> torch.nn.Module:
+        return self.model.model.layers[layer].mlp
+
+    def final_norm_module(self) -> torch.nn.Module:
+        return self.model.model.norm
+
     # ----------------------------------------------------------------- trace
     def _trace(self, tokens: torch.Tensor, rec: Recorder) -> Trace:
         model = self.model

@@ -1,0 +1,179 @@
+"""How many random architectures a second get the whole claims catalogue checked, on one core.
+
+Run: python benchmarks/claims_per_second.py [--examples 400] [--family-examples 12] [--repeat 3]
+
+One process, one torch thread, Hypothesis with the ci profile's settings
+(derandomized, no database, no deadline): the same examples every run. For the
+reference, four figures side by side, each over the same drawn examples:
+
+=============== ===============================================================================
+draw            ``models("reference")`` and ``tokens(arch)`` drawn by Hypothesis, nothing else
+draw+forward    and ``Weights.random`` and the reference forward pass (``Model.trace``)
+full            and every claim of ``CLAIMS`` checked (``Model.check_all``: every applicable
+                claim, every instance, the reruns of the claims that run the model twice)
+forward alone   the floor: the bare ``run(arch, weights, tokens)`` of the same examples, no Hypothesis
+=============== ===============================================================================
+
+For real transformers models (``models(family)`` per family), the full check on
+the family's own forward pass (building the model, its trace, every claim, the
+reruns built as models of the family), beside the peer step: the bare transformers
+forward pass ``model(input_ids)`` of the same built models.
+
+Each figure is the best of ``--repeat`` timed passes (the machine may be shared:
+the best pass is the least disturbed one), wall clock and, beside it, the process'
+CPU time. A warm-up pass over the same examples comes first, untimed: it compiles
+the symbolic identities the examples meet (sympy, once per process) and imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+
+def _settings(n: int) -> settings:
+    """The ci profile's settings (tests/conftest.py), at ``n`` examples."""
+    return settings(max_examples=n, derandomize=True, database=None, deadline=None, print_blob=False,
+                    phases=(Phase.explicit, Phase.reuse, Phase.generate), suppress_health_check=list(HealthCheck))
+
+
+def _check_all(model, claims, toks):
+    if hasattr(model, "check_all"):
+        return model.check_all(claims, toks)
+    return [model.check(c, toks) for c in claims]  # the library before Model.check_all
+
+
+def _given(strategy, body, n: int) -> tuple[float, float, int]:
+    """Wall and CPU seconds of a Hypothesis test of ``n`` examples (drawing included), and how many examples ran."""
+    from circuitproof.properties.strategies import tokens
+
+    count = [0]
+
+    @_settings(n)
+    @given(data=st.data())
+    def test(data):
+        model = data.draw(strategy, label="model")
+        toks = data.draw(tokens(model.arch), label="tokens")
+        body(model, toks)
+        count[0] += 1
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    test()
+    return time.perf_counter() - t0, time.process_time() - c0, count[0]
+
+
+def _best(passes: list[tuple[float, float, int]]) -> tuple[float, float, int]:
+    return min(passes)
+
+
+def _loop(items, body) -> tuple[float, float, int]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    for item in items:
+        body(*item)
+    return time.perf_counter() - t0, time.process_time() - c0, len(items)
+
+
+def _row(name: str, timing: tuple[float, float, int], floor: float | None, floor_name: str = "") -> str:
+    wall, cpu, k = timing
+    ratio = f"{wall / floor:>10.1f}" if floor else f"{'':>10}"
+    return f"  {name:<30}{1e3 * wall / k:>9.2f}{k / wall:>10.1f}{k / cpu:>10.1f}{ratio}"
+
+
+def reference(n: int, repeat: int) -> float:
+    """Print the reference's figures; return archs/s of the full check (wall)."""
+    from circuitproof.numeric import run
+    from circuitproof.properties.claims import CLAIMS
+    from circuitproof.properties.strategies import models
+
+    claims = list(CLAIMS.values())
+    strategy = models("reference")
+    verdicts: dict[str, int] = {}
+
+    def full(model, toks):
+        for e in _check_all(model, claims, toks):
+            verdicts[e.verdict] = verdicts.get(e.verdict, 0) + 1
+
+    _given(strategy, full, n)  # warm-up: every identity these examples meet compiled once
+    drawn = []
+    _given(strategy, lambda m, t: drawn.append((m.arch, m.weights, t)), n)
+    t_draw = _best([_given(strategy, lambda m, t: None, n) for _ in range(repeat)])
+    t_fwd = _best([_given(strategy, lambda m, t: m.trace(t), n) for _ in range(repeat)])
+    verdicts.clear()
+    t_full = _best([_given(strategy, full, n) for _ in range(repeat)])
+    t_floor = _best([_loop(drawn, lambda a, w, t: run(a, w, t)) for _ in range(repeat)])
+    k = t_full[2]
+    counts = ", ".join(f"{c // repeat} {v}" for v, c in sorted(verdicts.items()))
+    print(f"\nreference: {k} examples, {len(claims)} claims each ({counts})")
+    print(f"  {'step':<30}{'ms/arch':>9}{'archs/s':>10}{'(CPU)':>10}{'x forward':>10}")
+    for name, timing in (("draw (Hypothesis)", t_draw), ("draw + weights + forward", t_fwd), ("full: + every claim", t_full),
+                         ("forward alone (the floor)", t_floor)):
+        print(_row(name, timing, t_floor[0] / t_floor[2] * timing[2]))
+    bad = sum(c for v, c in verdicts.items() if v in ("FAIL", "INCONCLUSIVE"))
+    if bad:
+        print(f"  WARNING: {bad // repeat} FAIL or INCONCLUSIVE verdicts", file=sys.stderr)
+    return k / t_full[0]
+
+
+def families(names: list[str], n: int, repeat: int) -> None:
+    from circuitproof.properties.claims import CLAIMS
+    from circuitproof.properties.strategies import models
+
+    claims = list(CLAIMS.values())
+    print(f"\ntransformers: {n} examples a family; full = draw + build + the family's own trace + every claim (reruns built in the family)")
+    print(f"  {'family':<30}{'ms/arch':>9}{'archs/s':>10}{'(CPU)':>10}{'x HF fwd':>10}{'HF fwd ms':>11}")
+    total_wall = total_cpu = total_k = 0
+    for family in names:
+        strategy, built = models(family), []
+
+        def full(model, toks, built=built):
+            _check_all(model, claims, toks)
+            built.append((model._adapter.model, toks))
+
+        _given(strategy, full, n)  # warm-up: the family's module, the identities its examples meet
+        t_full = _best([_given(strategy, full, n) for _ in range(repeat)])
+        same = built[-t_full[2]:]
+
+        def forward(hf, toks):
+            with torch.no_grad():
+                hf(input_ids=toks)
+
+        t_hf = _best([_loop(same, forward) for _ in range(repeat)])
+        total_wall, total_cpu, total_k = total_wall + t_full[0], total_cpu + t_full[1], total_k + t_full[2]
+        print(_row(family, t_full, t_hf[0] / t_hf[2] * t_full[2]) + f"{1e3 * t_hf[0] / t_hf[2]:>11.2f}")
+    print(_row("all families", (total_wall, total_cpu, total_k), None))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=400, help="reference examples (default 400)")
+    parser.add_argument("--family-examples", type=int, default=12, help="examples per transformers family (default 12; 0 skips)")
+    parser.add_argument("--families", default="gpt2,bert,llama,qwen2,gpt_neox,gptj,gemma2,olmo2")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes per figure, the best reported (default 3)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import hypothesis
+
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread; hypothesis {hypothesis.__version__}; python {platform.python_version()}")
+    print(f"figures: the best of {args.repeat} passes; archs/s by the wall clock and, in brackets, by the process' CPU time")
+    reference(args.examples, args.repeat)
+    if args.family_examples:
+        try:
+            import transformers
+        except ImportError:
+            print("\ntransformers is not installed: no family figures")
+            return
+        print(f"\ntransformers {transformers.__version__}")
+        families([f for f in args.families.split(",") if f], args.family_examples, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

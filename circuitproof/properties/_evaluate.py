@@ -1,0 +1,211 @@
+"""Evaluating a claim's instances on one trace, a group of instances at a time, and measuring their errors.
+
+The instances of one identity that differ only in their layer and head (a claim's
+per-head instances: one derivation with symbolic ``l`` and ``h``) are evaluated
+together. :func:`~circuitproof.properties._bindings.bind_group` binds their atoms: an
+atom with the same tensor for every instance once, the others stacked on a leading
+instance axis and padded with singleton axes to the rank ``R`` of the largest atom,
+so that every atom broadcasts against the others::
+
+    x_l    [B, P, D]   ->  [N, B, P, D]      (heads of several layers)
+    W_Q    [D, Dh]     ->  [N, 1, D, Dh]
+    mask   [P, P]          (heads of one layer: the same tensor, bound once)
+
+and the compiled sides (``@``, ``+``, ``*``, entrywise and row-wise functions, all
+broadcasting over leading axes) are evaluated once for the ``N`` instances. A side
+that reads only unstacked atoms has no instance axis and serves every instance. An
+instance that cannot be bound, or tensors that do not stack, send the group one by
+one through :func:`~circuitproof.properties._bindings.bind_claim`, as a lone instance
+goes, so that each is reported (or raises) as on its own.
+
+:func:`errors` then measures each instance as on its own: ``max|lhs_i - rhs_i|``
+(NaN counts as infinite; two infinities of the same sign agree) relative to the
+scale of instance ``i``: the largest finite ``|rhs_i|`` or, where larger, of its
+magnitude (``claims_extra.compile_magnitude``), else of ``|lhs_i|``. The worst entry's
+index is computed for the worst instance only, in the instance's own shape (the
+broadcast of its sides' shapes, without the padding). Evaluation runs in inference
+mode: its tensors are its own, never differentiated (a claim's ``prepare`` hook,
+which may differentiate, runs outside it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..numeric.bind import Unbindable
+from ..symbolic._compile import CompileError
+from ._bindings import bind_claim, bind_group
+
+__all__ = ["Measured", "errors", "evaluate_instances", "evaluate_comparisons"]
+
+_INF = float("inf")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One evaluated instance (or comparison): its errors, and ``locate() -> (index of the worst entry, shape)``."""
+
+    label: str
+    layer: int | None
+    head: int | None
+    max_abs: float
+    rel: float
+    locate: Callable[[], tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    index = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        index.append(i)
+    return tuple(reversed(index))
+
+
+def _leading(x: object, rank: int) -> torch.Tensor:
+    """``x`` with ``rank + 1`` axes: unchanged if it has the instance axis already, else ``[1, ..., 1, *shape]``."""
+    t = torch.as_tensor(x)
+    return t if t.dim() == rank + 1 else t.reshape((1,) * (rank + 1 - t.dim()) + tuple(t.shape))
+
+
+def _finite_max(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``[n]``: the largest finite ``|t_i|`` of each instance (0 where there is none)."""
+    return t.abs().nan_to_num(nan=0.0, posinf=0.0).reshape(n, -1).amax(1)
+
+
+def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """The broadcast of shapes of equal length (a 1 stretches to the other size)."""
+    return tuple(next((s for s in sizes if s != 1), 1) for sizes in zip(*shapes))
+
+
+def errors(lhs: object, rhs: object, magnitude: object | None, n: int, rank: int,
+           natural: int) -> tuple[list[tuple[float, float]], Callable[[int], tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """``[(max abs error, relative error)]`` of each of ``n`` instances, and ``locate(i) -> (worst index, shape)``.
+
+    ``lhs``, ``rhs`` and ``magnitude`` have ``rank + 1`` axes (a leading instance axis
+    of size ``n``) or at most ``rank`` (the same for every instance); ``natural`` is the
+    rank of one instance's result, whose shape ``locate`` reports.
+    """
+    a, b = _leading(lhs, rank), _leading(rhs, rank)
+    if a.dtype != b.dtype:
+        a, b = a.double(), b.double()
+    full = (n, *_broadcast(a.shape, b.shape)[1:])
+    shape = full[len(full) - natural:] if natural else ()
+    if 0 in full:
+        return [(0.0, 0.0)] * n, lambda i: ((), shape)
+    a, b = a.expand(full), b.expand(full)
+    m = _leading(magnitude, rank).expand(full) if magnitude is not None else None
+    # every entry finite (the common case): the maxima of |a - b|, |b| and |m| in one reduction
+    parts = [(a - b).abs(), b.abs()] + ([m.abs()] if m is not None else [])
+    maxima = torch.stack(parts).reshape(len(parts), n, -1).amax(2).tolist()  # [part][instance]; NaN and inf propagate
+    if all(math.isfinite(v) for row in maxima for v in row):
+        max_abs, scale = maxima[0], [max(s) for s in zip(*maxima[1:])]
+
+        def locate(i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+            return _unravel(int((a[i] - b[i]).abs().argmax()), shape), shape
+    else:
+        # NaN is an infinite error; equal entries agree, two infinities of the same sign (masked -inf scores) included
+        diff = torch.where(a == b, 0.0, (a - b).abs()).nan_to_num(nan=_INF, posinf=_INF)
+        scales = [diff.reshape(n, -1).amax(1), _finite_max(b, n)] + ([_finite_max(m, n)] if m is not None else [])
+        values = torch.stack(scales).tolist()
+        max_abs, scale = values[0], [max(s) for s in zip(*values[1:])]
+
+        def locate(i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+            return _unravel(int(diff[i].argmax()), shape), shape
+    if 0.0 in scale:  # nothing to measure against in rhs: the scale of lhs
+        scale = [s or a_s for s, a_s in zip(scale, _finite_max(a, n).tolist())]
+    out = [(m, 0.0 if m == 0.0 else (m / s if s > 0 else _INF)) for m, s in zip(max_abs, scale)]
+    return out, locate
+
+
+def _ranks(env: dict[str, object]) -> dict[str, int]:
+    return {name: (v.dim() if isinstance(v, torch.Tensor) else -1) for name, v in env.items()}
+
+
+def _group(instances) -> list[list[int]]:
+    """Positions of the instances, grouped by identity (per-head instances of one derivation share theirs)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, inst in enumerate(instances):
+        groups.setdefault((id(inst.identity), inst.optional), []).append(i)
+    return list(groups.values())
+
+
+def _measure(members, env: dict[str, object], ranks: dict[str, int], sides, out: dict[int, Measured]) -> None:
+    """Evaluate the compiled sides once on the group's env; a Measured for each member."""
+    compiled, magnitude, (lhs_names, rhs_names) = sides
+    rank = max(max(ranks.values(), default=0), 0)
+    natural = max([0] + [ranks.get(name, 0) for name in lhs_names + rhs_names])  # one instance's result: the rank of its largest atom
+    with torch.inference_mode():  # the sides and their errors are this evaluation's own tensors: no autograd bookkeeping
+        lhs, rhs, mag = compiled.lhs(env), compiled.rhs(env), magnitude(env)
+        measured, locate = errors(lhs, rhs, mag, len(members), rank, natural)
+    for k, ((pos, inst), (max_abs, rel)) in enumerate(zip(members, measured)):
+        out[pos] = Measured(inst.label, inst.layer, inst.head, max_abs, rel, lambda k=k: locate(k))
+
+
+def _given(ctx, inst) -> dict[str, object]:
+    return {**ctx.given, **ctx.given_at.get((inst.layer, inst.head), {})} if ctx.given_at else ctx.given
+
+
+def _one_by_one(members, ctx, live: bool, out: dict[int, Measured], miss) -> None:
+    for pos, inst in members:
+        try:
+            env = bind_claim(inst.atoms, ctx.arch, ctx.weights, ctx.trace, given=_given(ctx, inst), live=live)
+            _measure([(pos, inst)], env, _ranks(env), inst.sides, out)
+        except (Unbindable, CompileError) as err:
+            miss(inst, err)
+
+
+def evaluate_instances(instances, ctx, live: bool) -> tuple[list[Measured], list[str], list[str]]:
+    """(measured instances in order, unbound ones, skipped optional ones), each instance's atoms bound from ``ctx``.
+
+    An instance whose atoms cannot be bound (:class:`Unbindable`) or compiled
+    (:class:`CompileError`) is unbound, or skipped if optional, with the reason. A
+    group of instances is bound and evaluated together (``bind_group``); if any of
+    them cannot be, or their tensors do not stack, they are taken one by one.
+    """
+    out: dict[int, Measured] = {}
+    unbound, skipped = [], []
+
+    def miss(inst, err) -> None:
+        (skipped if inst.optional else unbound).append(f"{inst.label}: {err}")
+
+    for group in _group(instances):
+        members = [(pos, instances[pos]) for pos in group]
+        if len(members) == 1:
+            _one_by_one(members, ctx, live, out, miss)
+            continue
+        try:
+            env, ranks = bind_group([inst.atoms for _, inst in members], ctx.arch, ctx.weights, ctx.trace,
+                                    given=[_given(ctx, inst) for _, inst in members], live=live)
+            _measure(members, env, ranks, members[0][1].sides, out)
+        except Exception:  # noqa: BLE001 - some instance cannot be bound or evaluated, or the tensors do not stack:
+            _one_by_one(members, ctx, live, out, miss)  # one by one, each reported (or raising) as on its own
+    return [out[pos] for pos in sorted(out)], unbound, skipped
+
+
+def evaluate_comparisons(comparisons) -> list[Measured]:
+    """Each comparison measured as an instance with no magnitude; comparisons of one label and shape are measured together."""
+    if not comparisons:
+        return []
+    with torch.inference_mode():  # the stacks and errors are this evaluation's own tensors: no autograd bookkeeping
+        return _comparisons(comparisons)
+
+
+def _comparisons(comparisons) -> list[Measured]:
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(comparisons):
+        lhs, rhs = torch.as_tensor(c.lhs), torch.as_tensor(c.rhs)
+        groups.setdefault((c.label, tuple(lhs.shape), tuple(rhs.shape), lhs.dtype, rhs.dtype), []).append(i)
+    out: dict[int, Measured] = {}
+    for (_, lshape, rshape, _, _), group in groups.items():
+        rank = max(len(lshape), len(rshape))
+        lhs = torch.stack([torch.as_tensor(comparisons[i].lhs).reshape((1,) * (rank - len(lshape)) + lshape) for i in group])
+        rhs = torch.stack([torch.as_tensor(comparisons[i].rhs).reshape((1,) * (rank - len(rshape)) + rshape) for i in group])
+        measured, locate = errors(lhs, rhs, None, len(group), rank, rank)
+        for k, (i, (max_abs, rel)) in enumerate(zip(group, measured)):
+            c = comparisons[i]
+            out[i] = Measured(c.label, c.layer, c.head, max_abs, rel, lambda k=k, locate=locate: locate(k))
+    return [out[i] for i in sorted(out)]
