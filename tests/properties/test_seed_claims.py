@@ -1,0 +1,84 @@
+"""The seed's own formulas as claims (``seed.*``): each holds wherever its conditions hold, and states every assumption.
+
+Drawn as the catalogue's claims are (``models("reference", **claim.where)`` filtered by
+``claim.applies``), at twice the profile's ``max_examples`` (``seed.no_erasure``, which
+differentiates the whole forward pass, at the profile's).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from circuitproof import Arch
+from circuitproof.numeric import Weights, run
+from circuitproof.properties._evidence import FAIL, NOT_APPLICABLE, PASS
+from circuitproof.properties.counterexamples import one_torch_thread
+from circuitproof.properties.seed_claims import SEED_CLAIMS
+from circuitproof.properties.strategies import models, tokens
+
+PROFILE_EXAMPLES = settings().max_examples
+SLOW_OR_FILTERED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+SHAPES = [
+    Arch(n_layers=2, n_heads=2, attn_only=True, norm="none", positional="none"),
+    Arch(n_layers=2, n_heads=2, d_model=8, d_head=4, q_bias=True, k_bias=True, v_bias=True, o_bias=True, embed_norm=True),
+    Arch(n_heads=2, n_kv_heads=1, positional="rotary", norm="rmsnorm", gated=True, act="silu", mlp_bias=False, parallel=True),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.mark.parametrize("claim_id", sorted(SEED_CLAIMS))
+def test_a_seed_claim_holds_wherever_it_applies(claim_id):
+    claim = SEED_CLAIMS[claim_id]
+    examples = PROFILE_EXAMPLES if claim_id == "seed.no_erasure" else 2 * PROFILE_EXAMPLES
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=SLOW_OR_FILTERED)
+    @given(data=st.data())
+    def holds(data):
+        model = data.draw(models("reference", **claim.where).filter(lambda m: claim.applies(m.arch)[0]), label="model")
+        toks = data.draw(tokens(model.arch), label="tokens")
+        evidence = model.check(claim, toks)
+        note(str(evidence))
+        assert evidence.verdict == PASS, str(evidence)
+
+    holds()
+
+
+@pytest.mark.parametrize("claim_id", sorted(SEED_CLAIMS))
+def test_a_seed_claim_states_every_assumption_of_the_identities_it_evaluates(claim_id):
+    claim = SEED_CLAIMS[claim_id]
+    assert claim.statement and claim.source.startswith("seed") and claim.holds_when and claim.conditions
+    names = {a.name for a in claim.conditions}
+    for arch in SHAPES:
+        for identity in claim.identities(arch):
+            assert identity.steps and identity.render("text")
+            missing = {a.name for a in identity.assumptions if a.name != "always"} - names
+            assert not missing, f"{claim_id} evaluates {identity.id}, which assumes {missing}"
+
+
+def test_the_two_readings_of_sqrt_d_agree_only_when_d_model_is_d_head():
+    toks = torch.tensor([[0, 3, 1, 2]])
+    for d_model, d_head, same in ((4, 4, True), (8, 4, False)):
+        arch = Arch(d_model=d_model, d_head=d_head, norm="none", positional="none", attn_only=True)
+        w = Weights.random(arch, 3)
+        trace = run(arch, w, toks)
+        assert SEED_CLAIMS["seed.qk"].check(arch, w, trace).verdict == PASS
+        assert SEED_CLAIMS["seed.qk.d_model"].check(arch, w, trace).verdict == (PASS if same else NOT_APPLICABLE)
+        assert SEED_CLAIMS["seed.qk.d_model"].check(arch, w, trace, assume=False).verdict == (PASS if same else FAIL)
+
+
+def test_an_rmsnorm_post_norm_squeezes_the_stream_until_it_is_lost():
+    """RMSNorm with eps keeps the stream's scale at ~eps / mean(x^2) of the other directions: one post-norm keeps it (1e-5 of the
+    largest singular value), six in a row lose it below float64's reach (1e-10, the claim's threshold)."""
+    toks = torch.tensor([[1, 2, 3, 4]])
+    for arch, verdict in ((Arch(norm="rmsnorm", norm_placement="post", attn_only=True), PASS),
+                          (Arch(n_layers=3, norm="rmsnorm", norm_placement="post"), FAIL)):
+        w = Weights.random(arch, 1)
+        assert SEED_CLAIMS["seed.no_erasure"].check(arch, w, run(arch, w, toks), assume=False).verdict == verdict
