@@ -13,8 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from circuitproof.numeric import run
-from circuitproof.numeric.circuits import (attended, copy_head, duplicate_token, eraser_head, induction_circuit, predicted, previous_token,
-                                          repeated_sequence)
+from circuitproof.numeric.circuits import (
+    attended,
+    copy_head,
+    duplicate_token,
+    eraser_head,
+    induction_circuit,
+    predicted,
+    previous_token,
+    repeated_sequence,
+)
 
 
 @given(d_vocab=st.integers(2, 12), n_ctx=st.integers(4, 24), seed=st.integers(0, 2**16), data=st.data())
