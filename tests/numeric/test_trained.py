@@ -164,3 +164,24 @@ def test_the_command_line_writes_weights_record_plot_and_page(tmp_path, capsys):
     assert record["config"]["steps"] == 3 and len(record["first_steps"]) == 3
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert "c.png" in (tmp_path / "p.md").read_text()
+
+
+def test_the_signatures_find_the_circuit_in_the_shipped_model():
+    """circuitproof.numeric.signatures.head_table on the shipped weights: the top previous-token head is in layer 0, the
+    top induction head in layer 1, and the largest K-composition runs from that previous-token head into that
+    induction head (on the model's own probe sequences, repeated random tokens)."""
+    import torch
+
+    from circuitproof.numeric.signatures import head_table
+    from circuitproof.numeric.trained import load_induction
+
+    arch, w = load_induction()
+    table = head_table(arch, w)
+    (prev,) = table.top("previous_token", 1)
+    (ind,) = table.top("induction", 1)
+    assert prev.layer == 0 and prev.value > 0.9, table.to_markdown()
+    assert ind.layer == 1 and ind.value > 0.9, table.to_markdown()
+    k = torch.nan_to_num(table.composition["k"], nan=-1.0)  # [L1, H1, L2, H2]; NaN where h1 is not earlier than h2
+    top = tuple(int(i) for i in torch.unravel_index(k.argmax(), k.shape))
+    assert top == (prev.layer, prev.head, ind.layer, ind.head), (top, table.to_markdown())
+    assert k.max() > 1.5 * k[0, 1 - prev.head].max(), "the previous-token head composes clearly more than the other layer-0 head"

@@ -101,7 +101,7 @@ class HeadTable:
         out = Table(title=f"head signatures of {self.arch!r}", caption="; ".join(f"{c}: {w}" for c, w in self.notes.items()) or None)
         out.add_column("head")
         for c in COLUMNS:
-            out.add_column(c, justify="right")
+            out.add_column(c.replace("_", "\n"), justify="right")  # "previous\ntoken": narrow enough for 80 columns
         for row in self.rows():
             out.add_row(f"L{row['layer']}H{row['head']}", *("-" if math.isnan(row[c]) else f"{row[c]:.3f}" for c in COLUMNS))
         return out
