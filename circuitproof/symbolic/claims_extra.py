@@ -140,8 +140,21 @@ def compile_magnitude(expr: sp.Basic) -> Callable[[Mapping[str, object]], object
     and a product by the product of its factors' (``|A B| <= |A| |B|``), so that a
     result that is small by cancellation keeps the scale of what cancelled. Rounding
     error in evaluating ``expr`` is bounded by a small multiple of this scale, not of
-    ``|expr|``. An inverse or an opaque function counts by the absolute value of its result.
+    ``|expr|``. A softmax or log-softmax row counts by the larger of its result and the
+    largest magnitude of its argument's row: an absolute error ``d`` in the scores moves
+    ``softmax(s)_i`` by ``p_i (d_i - sum_j p_j d_j)``, at most ``2 max|d|``, and float
+    rounding makes ``d ~ u |s|``, so large scores leave a pattern error of ``u max|s|``,
+    not of ``u``. An inverse or another opaque function counts by the absolute value of
+    its result.
     """
+    if isinstance(expr, (Softmax, LogSoftmax)):
+        value, argument = compile_extra(expr), compile_magnitude(expr.args[0])
+
+        def row_scale(env):
+            scores = argument(env).nan_to_num(posinf=0.0)  # a masked entry (-inf) has no rounding to carry
+            return abs(value(env)).maximum(scores.amax(-1, keepdim=True))
+
+        return row_scale
     if isinstance(expr, (Apply, RowWise, sp.Inverse)):
         value = compile_extra(expr)
         return lambda env: abs(value(env))

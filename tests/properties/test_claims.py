@@ -167,3 +167,17 @@ def test_a_result_small_by_cancellation_is_measured_against_what_cancelled():
                        final_norm=False, embed_norm=True, parallel=True, act="relu", mlp_bias=False), seed=23355)
     evidence = model.check(CLAIMS["attention.qk_circuit"], torch.tensor([[15]]))
     assert evidence.verdict == PASS and evidence.max_rel < 1e-14, str(evidence)
+
+
+def test_a_pattern_is_measured_against_the_scores_that_made_it():
+    """Three norm-free layers with a wide MLP: scores of 5.6e5, so rounding in them (1e-16 relative) moves the pattern by
+    ~1e-10 absolute. Found by the thorough profile (rel 4.9e-10 against the pattern's scale 1); a softmax's error is
+    relative to the largest magnitude of its scores' row (claims_extra.compile_magnitude)."""
+    from circuitproof.properties.strategies import Model
+
+    model = Model(Arch(n_layers=3, n_heads=2, d_model=3, d_head=3, d_mlp=62, d_vocab=3, n_ctx=2, n_kv_heads=1, positional="none",
+                       norm="none", gated=True, act="relu", embed_scale=2.0), seed=43796)
+    toks = torch.tensor([[2, 2]])
+    assert model.trace(toks).scores.abs().max() > 1e5
+    evidence = model.check(CLAIMS["attention.key_bias_invariance"], toks)
+    assert evidence.verdict == PASS and evidence.max_abs > 1e-11 and evidence.max_rel < 1e-14, str(evidence)
