@@ -54,7 +54,7 @@ Trace: hooks on the model's own modules; ``q``, ``k`` and ``scores`` are None
 (rotary and the scores live inside the attention function, not in a module), norm
 scales are None; ``v`` is the ``v_proj`` output, ``z`` the ``o_proj`` input,
 ``mlp_pre`` the ``up_proj`` output, ``mlp_post`` the ``down_proj`` input,
-``logits_raw`` the ``lm_head`` output. The Llama-like helpers below are shared with :mod:`._olmo2`.
+``logits_raw`` the ``lm_head`` output. The Llama-like conversions live in :mod:`._decoder`, shared with :mod:`._olmo2`.
 """
 
 from __future__ import annotations
@@ -67,20 +67,23 @@ from ... import UnsupportedError
 from ...arch import Arch
 from .._trace import NormTrace, Trace
 from .._weights import Weights
-from ._base import Adapter, AdapterError, Recorder, check_shape, require
+from ._base import Adapter, Recorder, check_shape, require
+from ._decoder import (
+    ACT_NAMES,
+    LlamaLayout,
+    assemble,
+    hook_layers,
+    hook_norm,
+    norm_trace,
+    read_act,
+    read_layers,
+    read_unembed,
+    rope_theta,
+    stack_layers,
+    write_layers,
+)
 
 __all__ = ["Gemma2Adapter"]
-
-# transformers activation name -> Arch.act; the first name of each act is the one build writes
-ACTS = {
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu": "gelu",
-    "relu": "relu",
-    "silu": "silu",
-    "gelu_new": "gelu_tanh",
-    "swish": "silu",
-}
-ACT_NAMES = {act: name for name, act in reversed(ACTS.items())}
 
 _SLOTS = {  # norm slot -> module of each decoder layer
     "attn_in": "input_layernorm",
@@ -97,139 +100,8 @@ def embed_scales(d_model: int) -> tuple[float, ...]:
     return tuple(dict.fromkeys(scales))
 
 
-# -------------------------------------------------------------- shared conversions (Llama-like layers)
-def read_layers(name: str, model: torch.nn.Module, arch: Arch) -> dict[str, torch.Tensor]:
-    """W_Q, W_K, W_V, W_O, biases and the gated MLP of every ``model.model.layers[l]``, canonical and stacked."""
-    H, K, D, Dh, M = arch.n_heads, arch.n_kv_heads, arch.d_model, arch.d_head, arch.d_mlp
-    out: dict[str, list[torch.Tensor]] = {}
-
-    def keep(key: str, value: torch.Tensor) -> None:
-        out.setdefault(key, []).append(value.detach())
-
-    for l, layer in enumerate(model.model.layers):
-        attn, mlp = layer.self_attn, layer.mlp
-        for key, proj, n in (("Q", attn.q_proj, H), ("K", attn.k_proj, K), ("V", attn.v_proj, K)):
-            weight = check_shape(name, f"layers[{l}].self_attn.{key.lower()}_proj.weight", proj.weight, (n * Dh, D))
-            keep(f"W_{key}", weight.view(n, Dh, D).transpose(1, 2))  # [n*Dh, D] -> [n, D, Dh]: split heads, transpose
-            if getattr(arch, f"{key.lower()}_bias"):
-                keep(f"b_{key}", check_shape(name, f"layers[{l}].self_attn.{key.lower()}_proj.bias", proj.bias, (n * Dh,)).view(n, Dh))
-        weight = check_shape(name, f"layers[{l}].self_attn.o_proj.weight", attn.o_proj.weight, (D, H * Dh))
-        keep("W_O", weight.T.reshape(H, Dh, D))  # [D, H*Dh] -> [H*Dh, D] -> [H, Dh, D]
-        if arch.o_bias:
-            keep("b_O", check_shape(name, f"layers[{l}].self_attn.o_proj.bias", attn.o_proj.bias, (D,)))
-        keep("W_in", check_shape(name, f"layers[{l}].mlp.up_proj.weight", mlp.up_proj.weight, (M, D)).T)  # [D, M]
-        keep("W_gate", check_shape(name, f"layers[{l}].mlp.gate_proj.weight", mlp.gate_proj.weight, (M, D)).T)  # [D, M]
-        keep("W_out", check_shape(name, f"layers[{l}].mlp.down_proj.weight", mlp.down_proj.weight, (D, M)).T)  # [M, D]
-    return {key: torch.stack(values) for key, values in out.items()}
-
-
-def stack_layers(name: str, model: torch.nn.Module, path: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """``model.model.layers[l].<path>`` of every layer, each shape-checked, stacked: ``[L, *shape]``."""
-    tensors = [check_shape(name, f"layers[{l}].{path}", layer.get_parameter(path), shape) for l, layer in enumerate(model.model.layers)]
-    return torch.stack(tensors).detach()
-
-
-def write_layers(model: torch.nn.Module, arch: Arch, w: Weights) -> None:
-    """The inverse of :func:`read_layers`: copy canonical tensors into every layer (under no_grad)."""
-    H, K, D, Dh = arch.n_heads, arch.n_kv_heads, arch.d_model, arch.d_head
-    for l, layer in enumerate(model.model.layers):
-        attn, mlp = layer.self_attn, layer.mlp
-        for key, proj, n in (("Q", attn.q_proj, H), ("K", attn.k_proj, K), ("V", attn.v_proj, K)):
-            proj.weight.copy_(w[f"W_{key}"][l].transpose(1, 2).reshape(n * Dh, D))  # [n, D, Dh] -> [n*Dh, D]
-            if getattr(arch, f"{key.lower()}_bias"):
-                proj.bias.copy_(w[f"b_{key}"][l].reshape(n * Dh))
-        attn.o_proj.weight.copy_(w.W_O[l].reshape(H * Dh, D).T)  # [H, Dh, D] -> [D, H*Dh]
-        if arch.o_bias:
-            attn.o_proj.bias.copy_(w.b_O[l])
-        mlp.up_proj.weight.copy_(w.W_in[l].T)
-        mlp.gate_proj.weight.copy_(w.W_gate[l].T)
-        mlp.down_proj.weight.copy_(w.W_out[l].T)
-
-
-def read_unembed(name: str, model: torch.nn.Module, arch: Arch) -> dict[str, torch.Tensor]:
-    """W_E (and W_U = lm_head.weight.T when untied); a tied config must share the tensor."""
-    embed, head = model.model.embed_tokens.weight, model.lm_head.weight
-    out = {"W_E": check_shape(name, "model.embed_tokens.weight", embed, (arch.d_vocab, arch.d_model)).detach().clone()}
-    if arch.tied:
-        if head.data_ptr() != embed.data_ptr() and not torch.equal(head, embed):
-            raise AdapterError(f"{name}: tie_word_embeddings=True but lm_head.weight differs from model.embed_tokens.weight")
-    else:
-        out["W_U"] = check_shape(name, "lm_head.weight", head, (arch.d_vocab, arch.d_model)).detach().T.clone()  # [V, D] -> [D, V]
-    return out
-
-
-def hook_layers(rec: Recorder, model: torch.nn.Module) -> None:
-    """Hooks shared by Llama-like decoders: streams (not resid_mid), attention output and pattern, z, v, MLP, raw logits."""
-    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
-    rec.output(model.model.embed_tokens, "embed")
-    for layer in model.model.layers:
-        rec.input(layer, "resid_pre")
-        rec.output(layer, "resid_post", first)
-        rec.output(layer.self_attn, "attn_out", lambda out: out[0])
-        rec.output(layer.self_attn, "pattern", lambda out: out[1])  # eager attention returns the weights [B, H, P, P]
-        rec.output(layer.self_attn.v_proj, "v")
-        rec.input(layer.self_attn.o_proj, "z")  # [B, P, H*Dh], the heads' values entering o_proj
-        rec.output(layer.mlp.up_proj, "mlp_pre")
-        rec.input(layer.mlp.down_proj, "mlp_post")
-        rec.output(layer.mlp, "mlp_out")
-    rec.output(model.lm_head, "logits_raw")
-
-
-def norm_trace(rec: Recorder, slot: str) -> NormTrace:
-    return NormTrace(input=rec.stack(f"{slot}.in"), scale=None, output=rec.stack(f"{slot}.out"))
-
-
-def hook_norm(rec: Recorder, module: torch.nn.Module, slot: str) -> None:
-    rec.input(module, f"{slot}.in")
-    rec.output(module, f"{slot}.out")
-
-
-def assemble(arch: Arch, w: Weights, tokens: torch.Tensor, rec: Recorder, logits: torch.Tensor, norms: dict[str, NormTrace]) -> Trace:
-    """The Trace from what :func:`hook_layers` recorded (head outputs from the recorded z and W_O)."""
-    B, P = tokens.shape
-    H, K, Dh = arch.n_heads, arch.n_kv_heads, arch.d_head
-    z = rec.stack("z").view(arch.n_layers, B, P, H, Dh)  # [L, B, P, H*Dh] -> [L, B, P, H, Dh], head-major
-    head_out = torch.einsum("lbphe,lhed->lbphd", z, w.W_O.to(z.dtype))  # head_{l,h} = z_h W_O[l, h]
-    return Trace(
-        arch=arch,
-        tokens=tokens,
-        embed=rec.last("embed"),
-        resid_pre=rec.stack("resid_pre"),
-        resid_mid=rec.stack("resid_mid"),
-        resid_post=rec.stack("resid_post"),
-        q=None,  # rotary is applied by a function inside the attention forward: not observable by hooks
-        k=None,
-        v=rec.stack("v").view(arch.n_layers, B, P, K, Dh),
-        scores=None,
-        pattern=rec.stack("pattern"),
-        z=z,
-        head_out=head_out,
-        attn_out=rec.stack("attn_out"),
-        mlp_pre=rec.stack("mlp_pre"),
-        mlp_post=rec.stack("mlp_post"),
-        mlp_out=rec.stack("mlp_out"),
-        logits_raw=rec.last("logits_raw"),
-        logits=logits,
-        norms=norms,
-    )
-
-
-def rope_theta(name: str, config: object) -> float:
-    """The rotary base of a default-rope config (UnsupportedError naming rope_parameters otherwise)."""
-    rope = dict(config.rope_parameters or {})
-    kind = rope.get("rope_type", "default")
-    require(kind == "default", f"{name}: rope_parameters['rope_type']={kind!r} is not expressible (only 'default' rotary)")
-    require("rope_theta" in rope, f"{name}: rope_parameters has no 'rope_theta'")
-    return float(rope["rope_theta"])
-
-
-def read_act(name: str, field: str, value: str) -> str:
-    require(value in ACTS, f"{name}: {field}={value!r} is not expressible; supported: {sorted(ACTS)}")
-    return ACTS[value]
-
-
 # ------------------------------------------------------------------------------------ the adapter
-class Gemma2Adapter(Adapter):
+class Gemma2Adapter(LlamaLayout, Adapter):
     """Reads, traces and builds ``Gemma2ForCausalLM`` (conventions in the module docstring)."""
 
     family: ClassVar[str] = "gemma2"
@@ -351,19 +223,6 @@ class Gemma2Adapter(Adapter):
             tensors[f"ln_{slot}_w"] = stack_layers(name, model, f"{module}.weight", (D,))  # [L, D]: the w of the gain 1 + w
         tensors["ln_final_w"] = check_shape(name, "model.norm.weight", model.model.norm.weight, (D,)).detach().clone()
         return Weights(arch, tensors)
-
-    # ---------------------------------------------------------- hook points
-    def embed_point(self) -> tuple[torch.nn.Module, str]:
-        return self.model.model.embed_tokens, "output"
-
-    def out_proj(self, layer: int) -> torch.nn.Module:
-        return self.model.model.layers[layer].self_attn.o_proj
-
-    def mlp_module(self, layer: int) -> torch.nn.Module:
-        return self.model.model.layers[layer].mlp
-
-    def final_norm_module(self) -> torch.nn.Module:
-        return self.model.model.norm
 
     # ----------------------------------------------------------------- trace
     def _trace(self, tokens: torch.Tensor, rec: Recorder) -> Trace:

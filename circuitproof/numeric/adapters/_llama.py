@@ -57,6 +57,7 @@ from ...arch import Arch
 from .._trace import NormTrace, Trace
 from .._weights import Weights, weight_shapes
 from ._base import Adapter, AdapterError, Recorder, check_shape, require
+from ._decoder import LlamaLayout
 
 __all__ = ["LlamaAdapter"]
 
@@ -125,7 +126,7 @@ def _param(model_name: str, module: torch.nn.Module, path: str, where: str) -> t
     return p
 
 
-class LlamaAdapter(Adapter):
+class LlamaAdapter(LlamaLayout, Adapter):
     """Reads, traces and builds ``LlamaForCausalLM`` (conventions in the module docstring)."""
 
     family = "llama"
@@ -294,19 +295,6 @@ class LlamaAdapter(Adapter):
         if arch.tied and model.lm_head.weight is not base.embed_tokens.weight:
             raise AdapterError(f"{cls.__name__}: tie_word_embeddings=True did not tie lm_head.weight to embed_tokens.weight")
         return model
-
-    # ---------------------------------------------------------- hook points
-    def embed_point(self) -> tuple[torch.nn.Module, str]:
-        return self.model.model.embed_tokens, "output"
-
-    def out_proj(self, layer: int) -> torch.nn.Module:
-        return self.model.model.layers[layer].self_attn.o_proj
-
-    def mlp_module(self, layer: int) -> torch.nn.Module:
-        return self.model.model.layers[layer].mlp
-
-    def final_norm_module(self) -> torch.nn.Module:
-        return self.model.model.norm
 
     # ---------------------------------------------------------- trace side
     def _trace(self, tokens: torch.Tensor, rec: Recorder) -> Trace:

@@ -11,7 +11,7 @@ The block, in the row convention of DESIGN.md (``n`` an RMSNorm with gain ``w``)
 Weight conversions (``nn.Linear`` weights are ``[out, in]``; canonical weights ``[in, out]``):
 
 - ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and the gated MLP convert as in
-  Llama-like decoders (shared with :mod:`._gemma2`): ``W_Q[l] = q_proj.weight.view(H, Dh, D).transpose(1, 2)``
+  Llama-like decoders (:mod:`._decoder`, shared with :mod:`._gemma2`): ``W_Q[l] = q_proj.weight.view(H, Dh, D).transpose(1, 2)``
   (rows head-major), ``W_O[l] = o_proj.weight.T.reshape(H, Dh, D)``,
   ``W_gate = gate_proj.weight.T``, ``W_in = up_proj.weight.T``, ``W_out = down_proj.weight.T``;
   query head ``h`` reads key/value head ``h // (H // K)`` (``repeat_kv``).
@@ -44,15 +44,27 @@ from ...arch import Arch
 from .._trace import NormTrace, Trace
 from .._weights import Weights
 from ._base import Adapter, Recorder, check_shape, require
-from ._gemma2 import ACT_NAMES, assemble, hook_layers, hook_norm, norm_trace, read_act, read_layers, read_unembed, rope_theta
-from ._gemma2 import stack_layers, write_layers
+from ._decoder import (
+    ACT_NAMES,
+    LlamaLayout,
+    assemble,
+    hook_layers,
+    hook_norm,
+    norm_trace,
+    read_act,
+    read_layers,
+    read_unembed,
+    rope_theta,
+    stack_layers,
+    write_layers,
+)
 
 __all__ = ["Olmo2Adapter"]
 
 _SLOTS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
 
 
-class Olmo2Adapter(Adapter):
+class Olmo2Adapter(LlamaLayout, Adapter):
     """Reads, traces and builds ``Olmo2ForCausalLM`` (conventions in the module docstring)."""
 
     family: ClassVar[str] = "olmo2"
@@ -156,19 +168,6 @@ class Olmo2Adapter(Adapter):
             tensors[f"ln_{part}_w"] = stack_layers(name, model, f"self_attn.{part}_norm.weight", (width,))
         tensors["ln_final_w"] = check_shape(name, "model.norm.weight", model.model.norm.weight, (D,)).detach().clone()
         return Weights(arch, tensors)
-
-    # ---------------------------------------------------------- hook points
-    def embed_point(self) -> tuple[torch.nn.Module, str]:
-        return self.model.model.embed_tokens, "output"
-
-    def out_proj(self, layer: int) -> torch.nn.Module:
-        return self.model.model.layers[layer].self_attn.o_proj
-
-    def mlp_module(self, layer: int) -> torch.nn.Module:
-        return self.model.model.layers[layer].mlp
-
-    def final_norm_module(self) -> torch.nn.Module:
-        return self.model.model.norm
 
     # ----------------------------------------------------------------- trace
     def _trace(self, tokens: torch.Tensor, rec: Recorder) -> Trace:
