@@ -29,7 +29,6 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .. import CircuitproofError, ShapeError
 from ..arch import Arch

@@ -92,7 +92,7 @@ def _mlp_input(arch: Arch, t: Trace, l: int) -> torch.Tensor:
 
 
 def _extra(kind: str, idx: tuple, arch: Arch, w: Weights, t: Trace, live: bool) -> torch.Tensor:
-    dtype, (B, P) = t.resid_pre.dtype, t.tokens.shape
+    dtype, P = t.resid_pre.dtype, t.tokens.shape[1]
     D = arch.d_model
     if kind == "onehot":
         return torch.nn.functional.one_hot(t.tokens, arch.d_vocab).to(dtype)

@@ -20,7 +20,7 @@ from ..arch import Arch
 from . import _atoms as at
 from ._core import Assumption, Identity, Refutation, Rule, Step, check_step
 from ._induction import DEPTH, by_induction
-from .residual import NO_POST_NORM, contribution, partial_sum, unrolled_expansion
+from .residual import NO_POST_NORM, contribution, unrolled_expansion
 
 __all__ = ["Readout", "readout_for", "linear_in_final_resid", "final_norm_refutation", "decomposition", "unrolled_decomposition",
            "heads_only", "direct_effect", "NO_FINAL_NORM", "NO_LOGIT_SOFTCAP"]
