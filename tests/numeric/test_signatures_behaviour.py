@@ -192,3 +192,11 @@ def test_every_head_on_the_other_side_of_the_threshold_is_listed_and_no_other(ar
     expected = {(l, h) for l, h in heads if bool(p[l, h] >= threshold) != bool(m[l, h] >= threshold)}
     note(f"positional {p.tolist()}, measured {m.tolist()}")
     assert listed == expected
+
+
+def test_disagreements_skip_the_positional_check_on_a_one_position_trace():
+    """Found by the thorough profile: one position has no previous token, so the positional prediction is not checked
+    (it raised ValueError for n_pos=1); the OV prediction still is."""
+    arch = Arch(d_model=2, d_head=1, d_mlp=1, d_vocab=2, n_ctx=2, norm="none", act="relu", mlp_bias=False)
+    w = Weights.random(arch, 0)
+    assert disagreements(arch, w, torch.tensor([[0]])) == []

@@ -104,7 +104,8 @@ def disagreements(arch: Arch, weights: Weights, tokens: torch.Tensor | None = No
     The forward pass is ``trace`` if given, else the reference run of ``tokens`` (default
     :func:`probe_tokens`). A prediction the architecture does not support (``ov_prediction``
     beyond pre-norm, or a nonlinear unembedding; ``positional_previous`` without positions
-    or with QK-norm) is skipped, not counted as agreement: :func:`checked` lists what ran.
+    or with QK-norm, or on a trace of one position, which has no previous token) is
+    skipped, not counted as agreement: :func:`checked` lists what can run.
     """
     if not 0 < threshold < 1:
         raise ValueError(f"disagreements: threshold={threshold!r} must lie in (0, 1)")
@@ -116,6 +117,8 @@ def disagreements(arch: Arch, weights: Weights, tokens: torch.Tensor | None = No
     out: list[Disagreement] = []
     for name, check in (("ov_prediction", lambda: _ov(arch, w, trace, rtol)),
                         ("positional_previous", lambda: _positional(arch, w, trace, threshold))):
+        if name == "positional_previous" and trace.tokens.shape[1] < 2:
+            continue  # one position: nothing to attend to but itself
         if name in checked(arch):
             out += check()
     return out
