@@ -65,15 +65,7 @@ RTOL_LOGITS = 1e-10  # relative to max |logits|: the claims' float64 tolerance (
 _WORST: dict[str, float] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: one intra-op thread is ~100x faster than two on a shared, loaded CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    for label, worst in sorted(_WORST.items()):
-        print(f"worst deviation {label:<48} {worst:.3g}")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see tests/conftest.py
 
 
 # ------------------------------------------------------------------ comparison

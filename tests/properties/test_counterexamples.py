@@ -18,16 +18,13 @@ from hypothesis import settings
 
 from circuitproof.properties._evidence import FAIL, PASS
 from circuitproof.properties.claims import CLAIMS
-from circuitproof.properties.counterexamples import CASES, find_counterexample, one_torch_thread
+from circuitproof.properties.counterexamples import CASES, find_counterexample
 from circuitproof.properties.seed_claims import SEED_CLAIMS
 
 SMALLEST = {"d_model": 2, "d_vocab": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see tests/conftest.py
 
 
 def test_every_conditional_claim_has_a_counterexample_case():

@@ -34,13 +34,7 @@ OTHER_FAMILIES = ["gpt2", "llama", "qwen2", "bert", "gemma2", "olmo2"]  # a sequ
 LIVE = dict(norm=st.sampled_from(["layernorm", "rmsnorm"]), norm_placement="pre", final_norm=True, attn_only=True, logit_softcap=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: one intra-op thread is ~100x faster than two on a shared, loaded CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see tests/conftest.py
 
 
 def _applies(model) -> bool:

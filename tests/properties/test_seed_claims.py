@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from circuitproof import Arch
 from circuitproof.numeric import Weights, run
 from circuitproof.properties._evidence import FAIL, NOT_APPLICABLE, PASS
-from circuitproof.properties.counterexamples import one_torch_thread
 from circuitproof.properties.seed_claims import SEED_CLAIMS
 from circuitproof.properties.strategies import models, tokens
 
@@ -28,10 +27,7 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see tests/conftest.py
 
 
 @pytest.mark.parametrize("claim_id", sorted(SEED_CLAIMS))

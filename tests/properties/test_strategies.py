@@ -23,13 +23,7 @@ QUIET = settings(max_examples=50, derandomize=True, database=None, deadline=None
 MINIMAL = Arch(d_model=2, d_head=1, d_mlp=1, d_vocab=2, n_ctx=2, positional="none", norm="none", act="relu", mlp_bias=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tensors are tiny: one intra-op thread is ~100x faster than two on a shared, loaded CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see tests/conftest.py
 
 
 def _first(strategy):

@@ -6,9 +6,8 @@ import pytest
 import sympy as sp
 
 from circuitproof import ShapeError
-from circuitproof.symbolic import DerivationError, Identity, Rule, Step, is_zero
+from circuitproof.symbolic import DerivationError, Identity, Rule, Step, attention, catalogue, is_zero, logits, residual
 from circuitproof.symbolic import _atoms as at
-from circuitproof.symbolic import attention, catalogue, logits, residual
 
 
 def test_a_dropped_term_is_rejected_and_the_step_shown():

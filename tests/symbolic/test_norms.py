@@ -17,9 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from circuitproof import Arch, ShapeError
-from circuitproof.symbolic import DerivationError, Identity, Rule, Step, is_zero
+from circuitproof.symbolic import DerivationError, Identity, Rule, Step, is_zero, norms
 from circuitproof.symbolic import _atoms as at
-from circuitproof.symbolic import norms
 from circuitproof.symbolic.logits import Readout
 
 RTOL, EPS = 1e-12, 1e-5

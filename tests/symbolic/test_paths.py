@@ -17,9 +17,8 @@ import sympy as sp
 import torch
 
 from circuitproof import Arch, ShapeError
-from circuitproof.symbolic import DerivationError, Identity, Rule, Step, compile_expr, is_zero
+from circuitproof.symbolic import DerivationError, Identity, Rule, Step, compile_expr, is_zero, paths
 from circuitproof.symbolic import _atoms as at
-from circuitproof.symbolic import paths
 from circuitproof.symbolic._induction import DEPTH
 
 RTOL = 1e-12

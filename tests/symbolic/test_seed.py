@@ -12,9 +12,8 @@ import sympy as sp
 import torch
 
 from circuitproof import Arch
-from circuitproof.symbolic import DerivationError, Identity, Refutation, Step, compile_expr, is_zero
+from circuitproof.symbolic import DerivationError, Identity, Refutation, Step, compile_expr, is_zero, logits, seed
 from circuitproof.symbolic import _atoms as at
-from circuitproof.symbolic import logits, seed
 from circuitproof.symbolic.attention import SCALE
 from circuitproof.symbolic.norms import compile_rowwise
 
