@@ -35,7 +35,7 @@ from ..arch import Arch
 from ._trace import NormTrace, Trace
 from ._weights import Weights
 
-__all__ = ["run", "TokenError"]
+__all__ = ["run", "block", "TokenError"]
 
 
 class TokenError(CircuitproofError, ValueError):
@@ -275,6 +275,19 @@ def _check_tokens(arch: Arch, tokens: torch.Tensor) -> torch.Tensor:
 
 def _stack(rec: dict, name: str) -> torch.Tensor | None:
     return torch.stack(rec[name]) if name in rec else None
+
+
+def block(arch: Arch, weights: Weights, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """``x_{l+1}`` as a function of ``x_l`` [B, P, D]: layer ``layer``'s residual update alone, in ``x``'s dtype.
+
+    The same computation :func:`run` does for that layer (its norms, attention, MLP, in the
+    Arch's placement), for a caller that needs the layer as a map, e.g. its Jacobian
+    ``d x_{l+1} / d x_l``.
+    """
+    if not 0 <= layer < arch.n_layers:
+        raise ValueError(f"block: layer={layer} is out of range; the architecture has n_layers={arch.n_layers}")
+    w = weights.to(x.dtype) if weights.dtype != x.dtype else weights
+    return _block(arch, w, layer, x, {})
 
 
 def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtype = torch.float64, edit: Edit | None = None) -> Trace:

@@ -370,3 +370,16 @@ def test_feature_table_covers_every_arch_switch():
     switched = {key.split()[0] for key in FEATURES} | {k for change in FEATURES.values() for k in change}
     missing = set(Arch.__dataclass_fields__) - sizes - switched
     assert not missing, f"Arch fields with no feature test: {sorted(missing)}"
+
+
+def test_block_is_the_layer_run_computes():
+    """``block(arch, w, l, x_l)`` equals the trace's x_{l+1}, for every layer of a model with every sublayer."""
+    from circuitproof.numeric.reference import block
+
+    arch = Arch(n_layers=3, n_heads=2, d_model=8, d_head=4, norm="rmsnorm", gated=True, act="silu", positional="rotary")
+    w = Weights.random(arch, 3)
+    trace = run(arch, w, torch.tensor([[1, 2, 3, 4]]))
+    for l in range(arch.n_layers):
+        assert torch.equal(block(arch, w, l, trace.resid_pre[l]), trace.resid_post[l])
+    with pytest.raises(ValueError, match="layer=3"):
+        block(arch, w, 3, trace.resid_pre[0])

@@ -78,3 +78,15 @@ def test_an_rmsnorm_post_norm_squeezes_the_stream_until_it_is_lost():
                           (Arch(n_layers=3, norm="rmsnorm", norm_placement="post"), FAIL)):
         w = Weights.random(arch, 1)
         assert SEED_CLAIMS["seed.no_erasure"].check(arch, w, run(arch, w, toks), assume=False).verdict == verdict
+
+
+def test_no_erasure_is_judged_layer_by_layer_not_on_an_ill_conditioned_product():
+    """Found by the thorough profile: a norm-free three-layer model whose d x_3 / d e keeps a direction at 2.3e-11 of its
+    largest singular value (the stream grows ~25x a layer, that direction does not). Each layer's Jacobian keeps every
+    direction well above the threshold, so nothing is erased."""
+    from circuitproof.properties.strategies import Model
+
+    model = Model(Arch(n_layers=3, n_heads=4, d_model=6, d_head=1, d_mlp=5, d_vocab=2, n_ctx=2, n_kv_heads=2, positional="none",
+                       norm="none", gated=True, act="relu", mlp_bias=False), seed=184)
+    evidence = model.check(SEED_CLAIMS["seed.no_erasure"], torch.tensor([[0]]))
+    assert evidence.verdict == PASS, str(evidence)
