@@ -6,6 +6,7 @@ The register is built once for the module (every counterexample search and findi
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -82,7 +83,8 @@ def _words(text: str) -> list[str]:
     return [w for w in (w.lower() for w in re.findall(r"[A-Za-z]{4,}", text)) if w not in _NOTATION]
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="the seed file lives in ../shared/seed")
+@pytest.mark.skipif(not SEED.exists() and not os.environ.get("CI"),
+                    reason="the seed file lives in ../shared/seed, beside the repository (CI has it: there a missing seed fails)")
 def test_every_quote_and_section_comes_from_the_seed():
     seed = SEED.read_text(encoding="utf-8")
     lowered = seed.lower()  # the seed's tables lost their cell breaks ("Update ruleAdditive only"): match words as substrings
