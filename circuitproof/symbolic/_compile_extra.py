@@ -82,16 +82,7 @@ def compile_extra(expr: sp.Basic) -> Callable[[Mapping[str, object]], object]:
     if isinstance(expr, sp.HadamardProduct):
         return lambda env: functools.reduce(lambda a, b: a * b, (p(env) for p in parts))
     if isinstance(expr, sp.MatMul):
-        mats = [p for a, p in zip(expr.args, parts) if isinstance(a, sp.MatrixExpr)]
-        scalars = [p for a, p in zip(expr.args, parts) if not isinstance(a, sp.MatrixExpr)]
-
-        def product(env):
-            out = functools.reduce(lambda a, b: a @ b, (m(env) for m in mats))
-            for c in scalars:
-                out = c(env) * out
-            return out
-
-        return product
+        return _matmul(expr, parts)
     raise CompileError(f"cannot compile {type(expr).__name__} around an opaque function: {expr}")
 
 
@@ -134,16 +125,7 @@ def compile_magnitude(expr: sp.Basic) -> Callable[[Mapping[str, object]], object
     if isinstance(expr, sp.HadamardProduct) or (isinstance(expr, sp.Mul) and not isinstance(expr, sp.MatMul)):
         return lambda env: functools.reduce(lambda a, b: a * b, (p(env) for p in parts))
     if isinstance(expr, sp.MatMul):
-        mats = [p for a, p in zip(expr.args, parts) if isinstance(a, sp.MatrixExpr)]
-        scalars = [p for a, p in zip(expr.args, parts) if not isinstance(a, sp.MatrixExpr)]
-
-        def product(env):
-            out = functools.reduce(lambda a, b: a @ b, (m(env) for m in mats))
-            for c in scalars:
-                out = c(env) * out
-            return out
-
-        return product
+        return _matmul(expr, parts)
     if isinstance(expr, sp.Transpose):
         return lambda env: parts[0](env).mT
     if isinstance(expr, sp.Pow) and expr.exp == -1:
@@ -170,3 +152,17 @@ def _atoms_table(identity: Identity) -> dict[str, tuple[str, tuple]]:
         except KeyError:
             table[name] = ("scalar", ())
     return table
+
+
+def _matmul(expr: sp.MatMul, parts: list[Callable]) -> Callable[[Mapping[str, object]], object]:
+    """``f(env)`` of a product from its compiled factors: the matrices multiplied in order, then the scalar factors."""
+    mats = [p for a, p in zip(expr.args, parts) if isinstance(a, sp.MatrixExpr)]
+    scalars = [p for a, p in zip(expr.args, parts) if not isinstance(a, sp.MatrixExpr)]
+
+    def product(env):
+        out = functools.reduce(lambda a, b: a @ b, (m(env) for m in mats))
+        for c in scalars:
+            out = c(env) * out
+        return out
+
+    return product

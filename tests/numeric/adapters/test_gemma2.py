@@ -3,8 +3,6 @@ trips, the model left as it was, and what Gemma 2 cannot express."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from hypothesis import given, note
@@ -18,6 +16,7 @@ from circuitproof.numeric.adapters import adapt, adapter_class, build
 from circuitproof.properties.strategies import family_archs, tokens, weights
 
 from ._agreement import COMPARED, RTOL_FLOAT64, RTOL_SANDWICH, assert_traces_agree, relative_error
+from .test_llama import float32_steps_in_float64
 
 FAMILY = "gemma2"
 Gemma2Adapter = adapter_class(FAMILY)
@@ -35,33 +34,9 @@ def _rmsnorm_in_dtype(self, x):
     return self._norm(x) * (1.0 + self.weight)
 
 
-def _rotary_in_float64(self, x, position_ids):
-    """Gemma2RotaryEmbedding.forward with inverse frequencies, angles, cos and sin in float64."""
-    dim = 2 * self.inv_freq.numel()
-    inv_freq = self.config.rope_parameters["rope_theta"] ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    angles = position_ids[..., None].double() * inv_freq  # [B, P, dim/2]
-    emb = torch.cat((angles, angles), dim=-1)  # rotate_half pairs k with k + dim/2
-    return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-
-_softmax = torch.nn.functional.softmax
-
-
-def _softmax_keeping_float64(input, dim=None, _stacklevel=3, dtype=None):
-    """F.softmax, ignoring a dtype=torch.float32 request on a float64 input."""
-    if dtype == torch.float32 and input.dtype == torch.float64:
-        dtype = None
-    return _softmax(input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
-
-
-@contextlib.contextmanager
 def float64_steps():
-    """Gemma 2 with its float32 steps computed in the model's dtype; everything restored on exit."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(modeling_gemma2.Gemma2RMSNorm, "forward", _rmsnorm_in_dtype)
-        mp.setattr(modeling_gemma2.Gemma2RotaryEmbedding, "forward", _rotary_in_float64)
-        mp.setattr(torch.nn.functional, "softmax", _softmax_keeping_float64)
-        yield
+    """Gemma 2 with its float32 steps (RMSNorm with its 1 + w gain, rotary tables, softmax) in the model's dtype."""
+    return float32_steps_in_float64(modeling_gemma2.Gemma2RMSNorm, modeling_gemma2.Gemma2RotaryEmbedding, _rmsnorm_in_dtype)
 
 
 # ---------------------------------------------------------------------------------- agreement
@@ -86,10 +61,10 @@ def test_float64_steps_agree_to_1e_9(data):
 
 
 def test_float64_steps_patch_is_restored():
+    norm, softmax = modeling_gemma2.Gemma2RMSNorm.forward, torch.nn.functional.softmax
     with float64_steps():
-        assert modeling_gemma2.Gemma2RMSNorm.forward is _rmsnorm_in_dtype
-    assert modeling_gemma2.Gemma2RMSNorm.forward is not _rmsnorm_in_dtype
-    assert torch.nn.functional.softmax is _softmax
+        assert modeling_gemma2.Gemma2RMSNorm.forward is not norm and torch.nn.functional.softmax is not softmax
+    assert modeling_gemma2.Gemma2RMSNorm.forward is norm and torch.nn.functional.softmax is softmax
 
 
 # ---------------------------------------------------------------------------------- round trip

@@ -6,6 +6,7 @@ The helpers without a ``test_`` prefix are shared with ``test_qwen2.py``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -58,10 +59,11 @@ def _softmax_in_float64(input: torch.Tensor, dim: int | None = None, _stacklevel
 
 
 @contextlib.contextmanager
-def float32_steps_in_float64(rmsnorm_cls: type, rotary_cls: type):
-    """Inside: the family's RMSNorm, rotary tables and eager softmax keep float64 (restored on exit)."""
+def float32_steps_in_float64(rmsnorm_cls: type, rotary_cls: type, rmsnorm_forward: Callable = _rmsnorm_in_dtype):
+    """Inside: the family's RMSNorm (``rmsnorm_forward``: Llama's, or a family's own gain), rotary tables and eager
+    softmax keep float64 (restored on exit). Shared by Qwen2, Gemma 2 and OLMo 2, whose rotary tables are Llama's."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rmsnorm_cls, "forward", _rmsnorm_in_dtype)
+        mp.setattr(rmsnorm_cls, "forward", rmsnorm_forward)
         mp.setattr(rotary_cls, "forward", _rotary_in_float64)
         mp.setattr(torch.nn.functional, "softmax", _softmax_in_float64)
         yield
