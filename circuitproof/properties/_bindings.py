@@ -193,8 +193,11 @@ def bind_claim(atoms: dict[str, tuple[str, tuple]], arch: Arch, weights: Weights
 
 
 def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: Weights, trace: Trace, *,
-               given: list[dict[str, object]], live: bool = False) -> tuple[dict[str, object], dict[str, int]]:
+               given: list[dict[str, object]], per_instance: dict[str, torch.Tensor] | None = None,
+               live: bool = False) -> tuple[dict[str, object], dict[str, int]]:
     """One env for ``N`` instances of one identity (instance ``i``: ``atoms[i]``, ``given[i]``), and each atom's rank.
+
+    ``per_instance`` gives atoms already stacked, ``[N, *shape]`` (instance ``i``'s value at ``i``).
 
     An atom bound to the same tensor for every instance (the same kind and indices, or
     the same given object) is bound once; otherwise the instances' tensors are stacked
@@ -226,8 +229,10 @@ def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: W
         return value
 
     env: dict[str, object] = {}
-    stacked: dict[str, torch.Tensor] = {}
+    stacked: dict[str, torch.Tensor] = dict(per_instance or {})
     for name in first:
+        if name in stacked:
+            continue
         if any(name in g for g in given):
             values = [g[name] if name in g else one(name, a[name]) for g, a in zip(given, atoms)]
             if all(v is values[0] for v in values):

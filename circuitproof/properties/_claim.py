@@ -2,7 +2,7 @@
 
 A :class:`Claim` evaluates concrete identities of the symbolic layer
 (:class:`Instance` s, compiled once and cached per architecture shape) on a
-trace: each side is compiled (``claims_extra.compile_identity_extra``), its atoms
+trace: each side is compiled (``Identity.compile``: both sides and the magnitude of the right one in one program), its atoms
 bound to the trace's and the weights' tensors (``_bindings.bind_claim``), and the
 two sides compared (``_evaluate``: the instances of one derivation, every head's,
 are evaluated together and measured one by one). Claims about running the model
@@ -48,17 +48,16 @@ _COMPILED: dict[int, tuple] = {}
 
 
 def _compiled(identity: Identity) -> tuple:
-    """(compiled identity, magnitude of its rhs, names of the atoms each side reads), once per identity.
+    """(compiled identity, names of the atoms each side reads), once per identity.
 
-    Cached: an Identity is immutable, so its id is a stable key (the cache keeps it alive).
+    The compiled identity's ``sides(env)`` gives lhs, rhs and the magnitude of rhs's terms
+    in one program. Cached: an Identity is immutable, so its id is a stable key (the cache keeps it alive).
     """
     key = id(identity)
     if key not in _COMPILED:
         from ..symbolic._compile import atoms_of
-        from ..symbolic.claims_extra import compile_identity_extra, compile_magnitude
 
-        sides = (atoms_of(identity.lhs), atoms_of(identity.rhs))
-        _COMPILED[key] = (identity, compile_identity_extra(identity), compile_magnitude(identity.rhs), sides)
+        _COMPILED[key] = (identity, identity.compile(), (atoms_of(identity.lhs), atoms_of(identity.rhs)))
     return _COMPILED[key][1:]
 
 
@@ -88,13 +87,8 @@ class Instance:
         return _compiled(self.identity)[0]
 
     @property
-    def magnitude(self):
-        """``f(env)``: the magnitude of the terms of the identity's rhs (the scale errors are measured against)."""
-        return _compiled(self.identity)[1]
-
-    @property
     def sides(self) -> tuple:
-        """(compiled identity, magnitude, (atoms the lhs reads, atoms the rhs reads)): what evaluating it needs."""
+        """(compiled identity, (atoms the lhs reads, atoms the rhs reads)): what evaluating it needs."""
         return _compiled(self.identity)
 
     @functools.cached_property
@@ -105,13 +99,19 @@ class Instance:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A quantity observed twice (e.g. the logits of two runs) that the claim says are equal."""
+    """A quantity observed twice (e.g. the logits of two runs) that the claim says are equal.
+
+    With ``per``, the leading axes of ``lhs`` and ``rhs`` run over layers and heads (e.g. every
+    head's pattern, ``[L, H, B, P, P]`` with ``per=("layer", "head")``): one comparison for all,
+    whose worst entry says which layer and head.
+    """
 
     label: str
     lhs: torch.Tensor
     rhs: torch.Tensor
     layer: int | None = None
     head: int | None = None
+    per: tuple[str, ...] = ()  # leading axes that run over layers or heads ("layer", "head"): the worst entry's names them
 
 
 @dataclass
@@ -125,7 +125,7 @@ class Context:
     assume: bool
     notes: list[str] = field(default_factory=list)
     given: dict[str, object] = field(default_factory=dict)  # atom name -> value, for every instance
-    given_at: dict[tuple, dict[str, object]] = field(default_factory=dict)  # (layer, head) -> atom name -> value
+    per_head: dict[str, torch.Tensor] = field(default_factory=dict)  # atom name -> [L, H, *shape]: the value at (layer, head)
     comparisons: list[Comparison] = field(default_factory=list)
     # what runs the model with a component replaced (numeric.interventions): a Reference or an Adapter; None: the reference
     target: object | None = None

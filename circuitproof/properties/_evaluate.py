@@ -21,7 +21,7 @@ goes, so that each is reported (or raises) as on its own.
 :func:`errors` then measures each instance as on its own: ``max|lhs_i - rhs_i|``
 (NaN counts as infinite; two infinities of the same sign agree) relative to the
 scale of instance ``i``: the largest finite ``|rhs_i|`` or, where larger, of its
-magnitude (``claims_extra.compile_magnitude``), else of ``|lhs_i|``. The worst entry's
+magnitude (``symbolic._compile.compile_magnitude``), else of ``|lhs_i|``. The worst entry's
 index is computed for the worst instance only, in the instance's own shape (the
 broadcast of its sides' shapes, without the padding). Evaluation runs in inference
 mode: its tensors are its own, never differentiated (a claim's ``prepare`` hook,
@@ -135,18 +135,21 @@ def _group(instances) -> list[list[int]]:
 
 def _measure(members, env: dict[str, object], ranks: dict[str, int], sides, out: dict[int, Measured]) -> None:
     """Evaluate the compiled sides once on the group's env; a Measured for each member."""
-    compiled, magnitude, (lhs_names, rhs_names) = sides
+    compiled, (lhs_names, rhs_names) = sides
     rank = max(max(ranks.values(), default=0), 0)
     natural = max([0] + [ranks.get(name, 0) for name in lhs_names + rhs_names])  # one instance's result: the rank of its largest atom
     with torch.inference_mode():  # the sides and their errors are this evaluation's own tensors: no autograd bookkeeping
-        lhs, rhs, mag = compiled.lhs(env), compiled.rhs(env), magnitude(env)
+        lhs, rhs, mag = compiled.sides(env)
         measured, locate = errors(lhs, rhs, mag, len(members), rank, natural)
     for k, ((pos, inst), (max_abs, rel)) in enumerate(zip(members, measured)):
         out[pos] = Measured(inst.label, inst.layer, inst.head, max_abs, rel, lambda k=k: locate(k))
 
 
 def _given(ctx, inst) -> dict[str, object]:
-    return {**ctx.given, **ctx.given_at.get((inst.layer, inst.head), {})} if ctx.given_at else ctx.given
+    """The values given for one instance: ``ctx.given`` and its (layer, head) entry of each ``ctx.per_head`` stack."""
+    if not ctx.per_head:
+        return ctx.given
+    return {**ctx.given, **{name: stack[inst.layer, inst.head] for name, stack in ctx.per_head.items() if name in inst.atoms}}
 
 
 def _one_by_one(members, ctx, live: bool, out: dict[int, Measured], miss) -> None:
@@ -178,8 +181,13 @@ def evaluate_instances(instances, ctx, live: bool) -> tuple[list[Measured], list
             _one_by_one(members, ctx, live, out, miss)
             continue
         try:
+            atoms = members[0][1].atoms
+            stacks = {name: stack for name, stack in ctx.per_head.items() if name in atoms}
+            if stacks:  # each member's (layer, head) entry, [N, *shape], by one index of each stack
+                layers, heads = (torch.tensor(v) for v in zip(*((inst.layer, inst.head) for _, inst in members)))
+                stacks = {name: stack[layers, heads] for name, stack in stacks.items()}
             env, ranks = bind_group([inst.atoms for _, inst in members], ctx.arch, ctx.weights, ctx.trace,
-                                    given=[_given(ctx, inst) for _, inst in members], live=live)
+                                    given=[ctx.given] * len(members), per_instance=stacks, live=live)
             _measure(members, env, ranks, members[0][1].sides, out)
         except Exception:  # noqa: BLE001 - some instance cannot be bound or evaluated, or the tensors do not stack:
             _one_by_one(members, ctx, live, out, miss)  # one by one, each reported (or raising) as on its own
@@ -194,12 +202,31 @@ def evaluate_comparisons(comparisons) -> list[Measured]:
         return _comparisons(comparisons)
 
 
+def _per_layer_head(c) -> list[Measured]:
+    """A comparison whose leading axes run over layers and heads: each (layer, head) measured as an instance of its own."""
+    lhs, rhs, k = torch.as_tensor(c.lhs), torch.as_tensor(c.rhs), len(c.per)
+    lead = tuple(lhs.shape[:k])
+    if tuple(rhs.shape[:k]) != lead:
+        raise ValueError(f"comparison {c.label!r}: the sides' leading {c.per} axes differ ({lead} and {tuple(rhs.shape[:k])})")
+    n, rank = math.prod(lead), lhs.dim() - k
+    measured, locate = errors(lhs.reshape(n, *lhs.shape[k:]), rhs.reshape(n, *rhs.shape[k:]), None, n, rank, rank)
+    out = []
+    for i, (max_abs, rel) in enumerate(measured):
+        named = dict(zip(c.per, _unravel(i, lead)))
+        out.append(Measured(c.label, named.get("layer", c.layer), named.get("head", c.head), max_abs, rel, lambda i=i: locate(i)))
+    return out
+
+
 def _comparisons(comparisons) -> list[Measured]:
     groups: dict[tuple, list[int]] = {}
+    out: dict[int, Measured] = {}
+    stacked: list[Measured] = []  # the comparisons over layers and heads, after the others
     for i, c in enumerate(comparisons):
+        if c.per:
+            stacked += _per_layer_head(c)
+            continue
         lhs, rhs = torch.as_tensor(c.lhs), torch.as_tensor(c.rhs)
         groups.setdefault((c.label, tuple(lhs.shape), tuple(rhs.shape), lhs.dtype, rhs.dtype), []).append(i)
-    out: dict[int, Measured] = {}
     for (_, lshape, rshape, _, _), group in groups.items():
         rank = max(len(lshape), len(rshape))
         lhs = torch.stack([torch.as_tensor(comparisons[i].lhs).reshape((1,) * (rank - len(lshape)) + lshape) for i in group])
@@ -208,4 +235,4 @@ def _comparisons(comparisons) -> list[Measured]:
         for k, (i, (max_abs, rel)) in enumerate(zip(group, measured)):
             c = comparisons[i]
             out[i] = Measured(c.label, c.layer, c.head, max_abs, rel, lambda k=k, locate=locate: locate(k))
-    return [out[i] for i in sorted(out)]
+    return [out[i] for i in sorted(out)] + stacked

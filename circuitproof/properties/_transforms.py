@@ -25,21 +25,29 @@ __all__ = ["gauge_matrices", "gauged_weights", "ablated_weights", "folded"]
 # ------------------------------------------------------------------ compiled definitions
 @functools.lru_cache(maxsize=None)
 def _definitions(which: str) -> dict[str, object]:
-    """``{defined atom's base name: compiled definition}`` of one symbolic transformation."""
-    from ..symbolic import claims_extra as ce
+    """``{"W" or "b": compiled definition}`` of one symbolic transformation: a norm's folding, or the centring of ``W_U``."""
     from ..symbolic import norms
     from ..symbolic._compile import compile_expr
 
-    identity = {"gauge_qk": ce.gauge_scores, "gauge_ov": ce.gauge_ov, "fold_layernorm": norms.fold_layernorm,
-                "fold_rmsnorm": norms.fold_rmsnorm, "centre": norms.centre_unembedding}[which]()
+    identity = {"fold_layernorm": norms.fold_layernorm, "fold_rmsnorm": norms.fold_rmsnorm, "centre": norms.centre_unembedding}[which]()
     out = {}
     for atom, definition in norms.definitions(identity):
-        if which.startswith("gauge"):
-            if atom.name.endswith("'_{l,h}"):
-                out[atom.name.split("'")[0]] = compile_expr(definition.expand().doit())
-        elif "fold" in atom.name or "^{c}" in atom.name:
+        if "fold" in atom.name or "^{c}" in atom.name:
             out["W" if atom.shape[0] != 1 else "b"] = compile_expr(definition.expand().doit())
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _gauge_program(which: str, names: tuple[str, ...]):
+    """``f(env) -> (definition of each of names...)``: the gauge's primed weights in one program (``M^{-T}``, ``N^{-1}`` once)."""
+    from ..symbolic import claims_extra as ce
+    from ..symbolic import norms
+    from ..symbolic._compile import compile_program
+
+    identity = {"gauge_qk": ce.gauge_scores, "gauge_ov": ce.gauge_ov}[which]()
+    definitions = {atom.name.split("'")[0]: definition.expand().doit() for atom, definition in norms.definitions(identity)
+                   if atom.name.endswith("'_{l,h}")}
+    return compile_program(tuple(definitions[n] for n in names))
 
 
 def _env_names(which: str) -> dict[str, str]:
@@ -61,13 +69,12 @@ def _conditioned(shape: tuple[int, ...], n: int, gen: torch.Generator) -> torch.
     return torch.diag_embed(d) @ (torch.eye(n, dtype=torch.float64) + R / (2 * frobenius))
 
 
-def _commuting_with_rotary(arch: Arch, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+def _commuting_with_rotary(Dh: int, r: int, style: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     """``[*shape, Dh, Dh]`` invertible matrices commuting with every rotary rotation: a scaled rotation within each rotated pair
     (scale in [0.5, 2], any angle), a well-conditioned block on the rest."""
-    Dh, r = arch.d_head, arch.rotary_dims
     M = torch.zeros(*shape, Dh, Dh, dtype=torch.float64)
     k = torch.arange(r // 2)
-    a, b = (k, k + r // 2) if arch.rotary_style == "half" else (2 * k, 2 * k + 1)  # the coordinates of pair k
+    a, b = (k, k + r // 2) if style == "half" else (2 * k, 2 * k + 1)  # the coordinates of pair k
     s = 0.5 * 4.0 ** torch.rand(*shape, r // 2, generator=gen, dtype=torch.float64)
     phi = 2 * math.pi * torch.rand(*shape, r // 2, generator=gen, dtype=torch.float64)
     c, si = s * torch.cos(phi), s * torch.sin(phi)
@@ -83,15 +90,22 @@ def gauge_matrices(arch: Arch, *, general_qk: bool, seed: int = 0) -> tuple[torc
     ``N`` is any well-conditioned invertible matrix. ``M`` too when ``general_qk``
     or the architecture has neither rotary nor QK-norm; under rotary (no QK-norm) it
     commutes with the rotations; under QK-norm it is the identity (the QK gauge is
-    not a symmetry there).
+    not a symmetry there). A function of the shapes, the rotary layout and the seed only,
+    so kept per those (read-only: callers must not change them in place).
     """
+    rotary = (arch.rotary_dims, arch.rotary_style) if arch.positional == "rotary" else None
+    return _gauge_matrices(arch.n_layers, arch.n_kv_heads, arch.d_head, rotary, arch.qk_norm, general_qk, seed)
+
+
+@functools.lru_cache(maxsize=256)
+def _gauge_matrices(L: int, K: int, Dh: int, rotary: tuple | None, qk_norm: str, general_qk: bool,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     gen = torch.Generator().manual_seed(seed)
-    L, K, Dh = arch.n_layers, arch.n_kv_heads, arch.d_head
     N = _conditioned((L, K), Dh, gen)
-    if general_qk or (arch.positional != "rotary" and arch.qk_norm == "none"):
+    if general_qk or (rotary is None and qk_norm == "none"):
         M, note = _conditioned((L, K), Dh, gen), "M general"
-    elif arch.qk_norm == "none":
-        M = _commuting_with_rotary(arch, (L, K), gen)
+    elif qk_norm == "none":
+        M = _commuting_with_rotary(Dh, *rotary, (L, K), gen)
         note = "M commutes with the rotary rotations (scaled rotations within each pair)"
     else:
         M, note = torch.eye(Dh, dtype=torch.float64).expand(L, K, Dh, Dh).clone(), "M = I: QK-norm leaves no QK gauge"
@@ -106,7 +120,7 @@ def gauged_weights(arch: Arch, w: Weights, M: torch.Tensor, N: torch.Tensor) -> 
     dtype = w.dtype
     kv = torch.arange(arch.n_heads) // arch.group_size  # query head -> its key/value head
     M, N = M.to(dtype), N.to(dtype)
-    names, qk, ov = _env_names("gauge"), _definitions("gauge_qk"), _definitions("gauge_ov")
+    names = _env_names("gauge")
     L, H, K, Dh = arch.n_layers, arch.n_heads, arch.n_kv_heads, arch.d_head
 
     def bias(name: str, heads: int) -> torch.Tensor:
@@ -114,14 +128,14 @@ def gauged_weights(arch: Arch, w: Weights, M: torch.Tensor, N: torch.Tensor) -> 
 
     env = {names["W_Q"]: w.W_Q, names["W_K"]: w.W_K, names["W_V"]: w.W_V, names["W_O"]: w.W_O, names["b_Q"]: bias("b_Q", H),
            names["b_K"]: bias("b_K", K), names["b_V"]: bias("b_V", K)}
+    M_q, N_q = (M, N) if arch.group_size == 1 else (M[:, kv], N[:, kv])  # per query head
     out = {}
-    out["W_Q"] = qk["W_Q"]({**env, names["M"]: M[:, kv]})
-    out["W_K"] = qk["W_K"]({**env, names["M"]: M})
-    out["W_V"] = ov["W_V"]({**env, names["N"]: N})
-    out["W_O"] = ov["W_O"]({**env, names["N"]: N[:, kv]})
-    for name, heads, defs, key, mats in (("b_Q", H, qk, "M", M[:, kv]), ("b_K", K, qk, "M", M), ("b_V", K, ov, "N", N)):
-        if name in w:
-            out[name] = defs[name]({**env, names[key]: mats})[:, :, 0, :]
+    # one program for each set of heads and gauge matrix: the weights of query heads (M or N per query head), of key/value heads
+    for which, key, mats, names_ in (("gauge_qk", "M", M_q, ("W_Q", "b_Q")), ("gauge_qk", "M", M, ("W_K", "b_K")),
+                                     ("gauge_ov", "N", N, ("W_V", "b_V")), ("gauge_ov", "N", N_q, ("W_O",))):
+        wanted = tuple(n for n in names_ if n.startswith("W_") or n in w)
+        for name, value in zip(wanted, _gauge_program(which, wanted)({**env, names[key]: mats})):
+            out[name] = value if name.startswith("W_") else value[:, :, 0, :]
     return w.replace(**out)
 
 

@@ -157,38 +157,30 @@ def _unembed_norm(arch: Arch) -> str:
 
 # ------------------------------------------------------------------ reruns
 def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
-    """Gauge every head (M, N per key/value head), rerun, compare logits and patterns; bind M, N and the primed weights."""
+    """Gauge every head (M, N per key/value head), rerun, compare logits and patterns; bind M, N and the primed weights per head."""
     from ._transforms import gauge_matrices, gauged_weights
 
     arch, w = ctx.arch, ctx.weights
     M, N, note = gauge_matrices(arch, general_qk=not ctx.assume)
     gauged = gauged_weights(arch, w, M, N)
     ctx.notes.append(note)
-    kv, dtype = arch.group_size, ctx.trace.resid_pre.dtype
-    absent = torch.zeros(1, arch.d_head, dtype=dtype)  # a bias the architecture lacks
-    stacks = {"M": M.to(dtype), "N": N.to(dtype), **{f"{name}'": gauged[name].to(dtype) for name in
-                                                      ("W_Q", "W_O", "W_K", "W_V", "b_Q", "b_K", "b_V") if name in gauged}}
-    per_head: dict[tuple[int, int], dict[str, torch.Tensor]] = {}  # (l, h) -> its M, N and primed weights
-    for inst in instances:
-        l, h = inst.layer, inst.head
-        if (l, h) not in per_head:
-            k = h // kv
-            values = {"M": stacks["M"][l, k], "N": stacks["N"][l, k]}
-            for name, idx in (("W_Q'", h), ("W_O'", h), ("W_K'", k), ("W_V'", k), ("b_Q'", h), ("b_K'", k), ("b_V'", k)):
-                if name.startswith("b_"):
-                    values[name] = stacks[name][l, idx][None] if name in stacks else absent
-                else:
-                    values[name] = stacks[name][l, idx]
-            per_head[l, h] = values
-        given = ctx.given_at.setdefault((l, h), {})
+    L, H, dtype = arch.n_layers, arch.n_heads, ctx.trace.resid_pre.dtype
+    kv = torch.arange(H) // arch.group_size  # query head -> its key/value head
+    absent = torch.zeros(1, 1, 1, arch.d_head, dtype=dtype).expand(L, H, 1, arch.d_head)  # a bias the architecture lacks
+    # [L, H, ...] per query head: a key/value head's tensors repeated over its query heads, biases as rows
+    gauged_at = gauged.to(dtype) if gauged.dtype != dtype else gauged
+    stacks = {"M": M.to(dtype)[:, kv], "N": N.to(dtype)[:, kv], "W_Q'": gauged_at.W_Q, "W_O'": gauged_at.W_O, "W_K'": gauged_at.W_K[:, kv],
+              "W_V'": gauged_at.W_V[:, kv]}
+    for name, per_query in (("b_Q", True), ("b_K", False), ("b_V", False)):
+        stacks[f"{name}'"] = (gauged_at[name] if per_query else gauged_at[name][:, kv])[:, :, None, :] if name in gauged else absent
+    for inst in {id(i.identity): i for i in instances}.values():  # one instance per identity: every head's atoms have its names
         for atom, (kind, _) in inst.compiled.atoms.items():
             if kind in ("gauge", "gauged"):
-                given[atom] = per_head[l, h][atom.split("_{")[0]]
+                ctx.per_head[atom] = stacks[atom.split("_{")[0]]
     rerun = rerun_or_reference(ctx, arch, gauged)
     ctx.comparisons.append(Comparison("forward pass with the gauged weights: logits", rerun.logits, ctx.trace.logits))
-    for l, h in _heads(arch):
-        ctx.comparisons.append(Comparison("forward pass with the gauged weights: pattern", rerun.pattern[l, :, h],
-                                          ctx.trace.pattern[l, :, h], l, h))
+    ctx.comparisons.append(Comparison("forward pass with the gauged weights: pattern", rerun.pattern.transpose(1, 2),
+                                      ctx.trace.pattern.transpose(1, 2), per=("layer", "head")))  # [L, H, B, P, P]
 
 
 def _prepare_ablation(ctx: Context, instances: tuple[Instance, ...]) -> None:

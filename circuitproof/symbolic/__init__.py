@@ -11,6 +11,7 @@ turns into functions of named tensors for the numeric layer. A
 layer never imports torch.
 """
 
+from . import _compile_extra, norms  # noqa: F401 - importing them registers the opaque functions' meaning with the compiler
 from ._compile import CompiledIdentity, compile_expr
 from ._core import ALWAYS, Assumption, DerivationError, Identity, Refutation, Rule, Step, check_step, is_zero
 from .catalogue import general, instances, refutations

@@ -24,9 +24,8 @@ builder                                   equation
 what the attention reads, ``T`` the ``P x d_vocab`` one-hot matrix of the tokens.
 Opaque elementwise and row-wise functions (activations, a norm's standardisation)
 are :class:`~circuitproof.symbolic.seed.Apply` nodes named by :func:`activation` and
-:func:`standardize`; :func:`compile_extra` gives them their numeric meaning with
-array methods only (no torch import), alongside softmax and log-softmax (these and the
-magnitude compiler live in :mod:`._compile_extra` and are re-exported here).
+:func:`standardize` (:mod:`._compile_extra` gives them their numeric meaning with
+array methods only, no torch import, as :mod:`.norms` gives softmax and log-softmax theirs).
 """
 
 from __future__ import annotations
@@ -36,14 +35,14 @@ import functools
 import sympy as sp
 
 from . import _atoms as at
-from ._compile_extra import activation, compile_extra, compile_identity_extra, compile_magnitude, standardize  # noqa: F401 (re-exported)
+from ._compile_extra import activation, standardize  # noqa: F401 (re-exported)
 from ._core import ALWAYS, Assumption, Identity, Rule, Step
 from .attention import NO_ROTARY, NO_SOFTCAP, SCALE, qk_circuit
 from .logits import NO_FINAL_NORM, NO_LOGIT_SOFTCAP, NO_TRANSFORM_HEAD
 from .norms import PRE_NORM, LogSoftmax, Softmax, centre_unembedding, fold_layernorm, fold_rmsnorm, shift_invariance
 from .residual import NO_POST_NORM, contribution, update_rules
 
-__all__ = ["activation", "standardize", "compile_extra", "compile_magnitude", "compile_identity_extra", "embedding_x0", "additive_at", "mask",
+__all__ = ["activation", "standardize", "embedding_x0", "additive_at", "mask",
            "qk_pattern", "key_bias_invariance", "mlp_formula", "head_affine", "gauge_scores", "gauge_ov", "direct_effect_rerun",
            "fold_and_centre_final", "EMBED_SCALE", "DIRECT_PATH", "FROZEN_SCALE"]
 

@@ -29,12 +29,12 @@ import sympy as sp
 
 from .. import ShapeError
 from . import _atoms as at
-from ._compile import CompileError, compile_expr
+from ._compile import register_opaque
 from ._core import Assumption, Identity, Refutation, Rule, Step, check_step
 from ._induction import DEPTH
 from .logits import NO_LOGIT_SOFTCAP, Readout, decomposition
 
-__all__ = ["RowWise", "LogSoftmax", "Softmax", "shift_invariance", "compile_rowwise", "definitions", "D_OUT",
+__all__ = ["RowWise", "LogSoftmax", "Softmax", "shift_invariance", "definitions", "D_OUT",
            "fold_layernorm", "fold_rmsnorm", "centre_unembedding", "fold_and_centre", "frozen_direct_effect",
            "live_final_norm_refutation", "frozen_logit_decomposition", "general", "refutations", "PRE_NORM"]
 
@@ -100,6 +100,12 @@ class Softmax(RowWise):
         return (t - t.logsumexp(-1, keepdim=True)).exp()
 
 
+# their numeric meaning for the compiler; a softmax's error is measured against its row's magnitude (compile_magnitude)
+register_opaque(RowWise, lambda node: (type(node).evaluate, node.arg))
+register_opaque(LogSoftmax, lambda node: (LogSoftmax.evaluate, node.arg), row_magnitude=True)
+register_opaque(Softmax, lambda node: (Softmax.evaluate, node.arg), row_magnitude=True)
+
+
 def shift_invariance(z: sp.MatrixExpr, u: sp.MatrixExpr, one: sp.MatrixExpr, f: type[RowWise] = LogSoftmax) -> Rule:
     """The lemma ``f(z + u 1^T) = f(z)`` for ``f`` log-softmax or softmax, ``u`` a column (one constant per row).
 
@@ -111,32 +117,6 @@ def shift_invariance(z: sp.MatrixExpr, u: sp.MatrixExpr, one: sp.MatrixExpr, f: 
                          f"over z's columns (z is {z.shape}); only u 1^T, constant along each row, leaves {f.label} unchanged")
     return Rule(f"{f.label} is invariant to adding a per-row constant", "lemma", {f(z + u * one.T): f(z)},
                 f"{f.label}(z + u 1^T) = {f.label}(z): each row's constant cancels between numerator and normaliser")
-
-
-def compile_rowwise(expr: sp.Basic):
-    """``f(env)`` like :func:`compile_expr`, also through :class:`RowWise` nodes (inside sums and products)."""
-    if isinstance(expr, RowWise):
-        inner, fn = compile_rowwise(expr.arg), type(expr).evaluate
-        return lambda env: fn(inner(env))
-    if not expr.has(RowWise):
-        return compile_expr(expr)
-    parts = [compile_rowwise(a) for a in expr.args]
-    if isinstance(expr, sp.MatAdd):
-        return lambda env: sum((p(env) for p in parts[1:]), parts[0](env))
-    if isinstance(expr, sp.MatMul):
-        mats = [p for a, p in zip(expr.args, parts) if isinstance(a, sp.MatrixExpr)]
-        scalars = [p for a, p in zip(expr.args, parts) if not isinstance(a, sp.MatrixExpr)]
-
-        def product(env):
-            out = mats[0](env)
-            for m in mats[1:]:
-                out = out @ m(env)
-            for c in scalars:
-                out = c(env) * out
-            return out
-
-        return product
-    raise CompileError(f"cannot compile {type(expr).__name__} around a row-wise function: {expr}")
 
 
 def definitions(identity: Identity) -> list[tuple[sp.MatrixSymbol, sp.MatrixExpr]]:

@@ -153,7 +153,7 @@ def test_verdicts_are_validated():
 def test_a_result_small_by_cancellation_is_measured_against_what_cancelled():
     """One position, a score of 6e-6 from terms of O(1): its 6e-16 rounding error is 1e-10 of the score, 1e-16 of the terms.
 
-    Found by the thorough profile; the error is relative to the magnitude of the terms (claims_extra.compile_magnitude).
+    Found by the thorough profile; the error is relative to the magnitude of the terms (symbolic._compile.compile_magnitude).
     """
     from circuitproof.properties.strategies import Model
 
@@ -166,7 +166,7 @@ def test_a_result_small_by_cancellation_is_measured_against_what_cancelled():
 def test_a_pattern_is_measured_against_the_scores_that_made_it():
     """Three norm-free layers with a wide MLP: scores of 5.6e5, so rounding in them (1e-16 relative) moves the pattern by
     ~1e-10 absolute. Found by the thorough profile (rel 4.9e-10 against the pattern's scale 1); a softmax's error is
-    relative to the largest magnitude of its scores' row (claims_extra.compile_magnitude)."""
+    relative to the largest magnitude of its scores' row (symbolic._compile.compile_magnitude)."""
     from circuitproof.properties.strategies import Model
 
     model = Model(Arch(n_layers=3, n_heads=2, d_model=3, d_head=3, d_mlp=62, d_vocab=3, n_ctx=2, n_kv_heads=1, positional="none",

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from circuitproof import Arch, ShapeError
-from circuitproof.symbolic import DerivationError, Identity, Rule, Step, is_zero, norms
+from circuitproof.symbolic import DerivationError, Identity, Rule, Step, compile_expr, is_zero, norms
 from circuitproof.symbolic import _atoms as at
 from circuitproof.symbolic.logits import Readout
 
@@ -38,7 +38,7 @@ def _bind(env: dict, identity: Identity) -> dict:
     """Evaluate every named definition of the identity (folded, centred weights) in derivation order."""
     for atom, definition in norms.definitions(identity):
         if atom.name not in env:
-            env[atom.name] = norms.compile_rowwise(definition.expand().doit())(env)
+            env[atom.name] = compile_expr(definition.expand().doit())(env)
     return env
 
 
@@ -111,7 +111,7 @@ def test_fold_layernorm_evaluates_like_torch(seed):
     ln = F.layer_norm(x, (D,), env.pop("_gain"), env["b_{N}"][0], EPS)
     fold = norms.fold_layernorm()
     # the frozen-scale form of the norm is torch's LayerNorm
-    _close(norms.compile_rowwise(fold.steps[0].rule.mapping[at.atom("norm_out", "N", at.P, at.D_MODEL, "LN")])(env), ln)
+    _close(compile_expr(fold.steps[0].rule.mapping[at.atom("norm_out", "N", at.P, at.D_MODEL, "LN")])(env), ln)
     env["N_{LN}"] = ln
     _bind(env, fold)
     _close(fold.compile().lhs(env), ln @ env["W"] + env["b"])
@@ -141,8 +141,8 @@ def test_centred_unembedding_leaves_log_softmax_unchanged(seed):
     assert env["W_U^{c}"].sum(-1).abs().max() < 1e-13 and env["b_U^{c}"].sum().abs() < 1e-13  # centred over the vocabulary
     assert (env["W_U^{c}"] - env["W_U"]).abs().max() > 1e-3  # and actually changed
     expected = torch.log_softmax(env["y"] @ env["W_U"] + env["b_U"], -1)
-    _close(norms.compile_rowwise(centre.lhs)(env), expected)
-    _close(norms.compile_rowwise(centre.rhs)(env), expected)
+    _close(compile_expr(centre.lhs)(env), expected)
+    _close(compile_expr(centre.rhs)(env), expected)
     assert centre.steps[-1].rule.kind == "lemma"
 
 
@@ -156,8 +156,8 @@ def test_folding_and_centring_the_final_layernorm_leave_log_probs_unchanged(seed
     identity = norms.fold_and_centre()
     _bind(env, identity)
     expected = torch.log_softmax(env["N_{LN}"] @ env["W_U"] + env["b_U"], -1)
-    _close(norms.compile_rowwise(identity.lhs)(env), expected)
-    _close(norms.compile_rowwise(identity.rhs)(env), expected)
+    _close(compile_expr(identity.lhs)(env), expected)
+    _close(compile_expr(identity.rhs)(env), expected)
     assert [p.id for p in identity.parts] == ["norm.fold_layernorm[W_U]", "norm.centre_unembedding[W_U^{fold}_{LN}]"]
 
 

@@ -15,7 +15,7 @@ from circuitproof import Arch
 from circuitproof.symbolic import DerivationError, Identity, Refutation, Step, compile_expr, is_zero, logits, seed
 from circuitproof.symbolic import _atoms as at
 from circuitproof.symbolic.attention import SCALE
-from circuitproof.symbolic.norms import compile_rowwise
+from circuitproof.symbolic import compile_expr
 
 RTOL = 1e-12
 l, h = sp.Symbol("l", integer=True, nonnegative=True), sp.Symbol("h", integer=True, nonnegative=True)
@@ -137,7 +137,7 @@ def test_qk_exact_form_evaluates_like_softmax_with_a_key_bias():
     q, k = env["X_{l}"] @ env["W_Q^{l,h}"], env["X_{l}"] @ env["W_K^{l,h}"] + env["b_K^{l,h}"]
     pattern = torch.softmax(q @ k.mT / dh**0.5 + env["M_{l}"], -1)
     exact = seed.qk_formula()[0]
-    _close(compile_rowwise(exact.rhs.xreplace({at.D_HEAD: dh}))(env), pattern)
+    _close(compile_expr(exact.rhs.xreplace({at.D_HEAD: dh}))(env), pattern)
 
 
 def test_qk_general_form_evaluates_like_softmax_with_every_bias():
@@ -146,9 +146,9 @@ def test_qk_general_form_evaluates_like_softmax_with_every_bias():
     q, k = env["X_{l}"] @ env["W_Q^{l,h}"] + env["b_Q^{l,h}"], env["X_{l}"] @ env["W_K^{l,h}"] + env["b_K^{l,h}"]
     pattern = torch.softmax(0.3 * q @ k.mT + env["M_{l}"], -1)
     general = seed.qk_formula()[1]
-    _close(compile_rowwise(general.rhs.xreplace({at.D_HEAD: dh}))(env), pattern)
+    _close(compile_expr(general.rhs.xreplace({at.D_HEAD: dh}))(env), pattern)
     # and the seed's form alone misses it
-    assert (compile_rowwise(seed.qk_formula()[0].rhs.xreplace({at.D_HEAD: dh}))(env) - pattern).abs().max() > 1e-3
+    assert (compile_expr(seed.qk_formula()[0].rhs.xreplace({at.D_HEAD: dh}))(env) - pattern).abs().max() > 1e-3
 
 
 def test_ov_remainder_and_numeric_check(formulas):
