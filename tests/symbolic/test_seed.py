@@ -15,7 +15,6 @@ from circuitproof import Arch
 from circuitproof.symbolic import DerivationError, Identity, Refutation, Step, compile_expr, is_zero, logits, seed
 from circuitproof.symbolic import _atoms as at
 from circuitproof.symbolic.attention import SCALE
-from circuitproof.symbolic import compile_expr
 
 RTOL = 1e-12
 l, h = sp.Symbol("l", integer=True, nonnegative=True), sp.Symbol("h", integer=True, nonnegative=True)
