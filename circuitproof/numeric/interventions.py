@@ -54,7 +54,7 @@ from ._weights import Weights
 from .reference import norm, run
 
 __all__ = ["Head", "MLP", "Embed", "Component", "ComponentError", "Reference", "as_target", "Intervened", "value", "final_scale",
-           "run_replaced", "zero_ablate", "mean_ablate", "patch"]
+           "run_replaced", "run_replaced_each", "zero_ablate", "mean_ablate", "patch"]
 
 
 class ComponentError(CircuitproofError, ValueError):
@@ -188,32 +188,52 @@ def final_scale(target, trace: Trace) -> torch.Tensor:
     return norm(trace.arch, nt.input, w.ln_final_w.to(nt.input), None if b is None else b.to(nt.input)).scale
 
 
-def _edit(target, component: Component, replacement: torch.Tensor, frozen_scale: torch.Tensor | None) -> Callable:
-    """The ``edit`` hook that puts ``replacement`` in place of the component (reference: head_out; adapters: z)
-    and, if given, ``frozen_scale`` in place of the final norm's divisor."""
-    if isinstance(component, Embed):
-        wanted = "embed"
-    elif isinstance(component, MLP):
-        wanted = "mlp_out"
-    else:
-        wanted = "head_out" if isinstance(target, Reference) else "z"
+def _edit(target, items: list[tuple[Component, torch.Tensor]], rows: int, frozen_scale: torch.Tensor | None) -> Callable:
+    """The ``edit`` hook that puts item ``k``'s replacement in place of its component in batch rows ``[k rows, (k+1) rows)``
+    (reference: head_out; adapters: z) and, if given, ``frozen_scale`` in place of the final norm's divisor."""
+    wanted = {}  # (hook point name, layer or None) -> [(k, component, replacement)]
+    for k, (component, replacement) in enumerate(items):
+        if isinstance(component, Embed):
+            key = ("embed", None)
+        elif isinstance(component, MLP):
+            key = ("mlp_out", component.layer)
+        else:
+            key = ("head_out" if isinstance(target, Reference) else "z", component.layer)
+        wanted.setdefault(key, []).append((k, component, replacement))
 
     def edit(name: str, layer: int | None, v: torch.Tensor) -> torch.Tensor:
         if name == "final_scale":
             return v if frozen_scale is None else frozen_scale.to(dtype=v.dtype, device=v.device)
-        if name != wanted or (not isinstance(component, Embed) and layer != component.layer):
+        here = wanted.get((name, layer if name != "embed" else None))
+        if not here:
             return v
-        new = replacement.to(dtype=v.dtype, device=v.device)
-        if isinstance(component, Head):
-            v = v.clone()
-            if name == "head_out":  # the reference's per-head writes [B, P, H, D]: z'_h W_O[l, h]
-                W_O = target.weights.W_O[component.layer, component.head].to(v.dtype)
-                new = new @ W_O  # [B, P, Dh] @ [Dh, D]
-            v[:, :, component.head] = new
-            return v
-        return new.expand_as(v).clone()
+        v = v.clone()
+        for k, component, replacement in here:
+            new, chunk = replacement.to(dtype=v.dtype, device=v.device), slice(k * rows, (k + 1) * rows)
+            if isinstance(component, Head):
+                if name == "head_out":  # the reference's per-head writes [B, P, H, D]: z'_h W_O[l, h]
+                    new = new @ target.weights.W_O[component.layer, component.head].to(v.dtype)  # [B, P, Dh] @ [Dh, D]
+                v[chunk, :, component.head] = new
+            else:
+                v[chunk] = new
+        return v
 
     return edit
+
+
+def _replacement(target, tokens: torch.Tensor, component: Component, replacement: object) -> torch.Tensor:
+    """``replacement`` expanded to the component's value shape ``[B, P, width]``; ShapeError if it does not broadcast."""
+    _check_component(component, target.arch)
+    shape = (*tokens.shape, _width(target.arch, component))
+    replacement = torch.as_tensor(replacement)
+    try:
+        ok = torch.broadcast_shapes(replacement.shape, shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ShapeError(f"run_replaced: replacement for {component!r} has shape {list(replacement.shape)}; "
+                         f"it must be {list(shape)} or broadcast to it")
+    return replacement.expand(shape)
 
 
 def run_replaced(target, tokens: torch.Tensor, component: Component, replacement: torch.Tensor, *,
@@ -229,28 +249,36 @@ def run_replaced(target, tokens: torch.Tensor, component: Component, replacement
     replacement or final scale of another shape, UnsupportedError for a family that names
     no hook point or an architecture without a final norm to freeze.
     """
+    return run_replaced_each(target, tokens, [(component, replacement)], final_scale=final_scale)
+
+
+def run_replaced_each(target, tokens: torch.Tensor, items, *, final_scale: torch.Tensor | None = None) -> Trace:
+    """:func:`run_replaced` for each ``(component, replacement)`` of ``items``, all in one forward pass of ``K`` copies of ``tokens``.
+
+    Copy ``k`` (batch rows ``[k B, (k+1) B)`` of the returned Trace, ``K B`` rows in all) is the run
+    with item ``k``'s component replaced and nothing else: the rows of a batch never read each
+    other, so each copy is the forward pass :func:`run_replaced` would do for its item alone.
+    ``final_scale`` ``[B, P, 1]`` freezes the final norm's divisor in every copy. Raises as
+    :func:`run_replaced` does.
+    """
     target = as_target(target)
-    _check_component(component, target.arch)
     tokens = _tokens(tokens)
-    shape = (*tokens.shape, _width(target.arch, component))
-    replacement = torch.as_tensor(replacement)
-    try:
-        ok = torch.broadcast_shapes(replacement.shape, shape) == shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ShapeError(f"run_replaced: replacement for {component!r} has shape {list(replacement.shape)}; "
-                         f"it must be {list(shape)} or broadcast to it")
-    replacement = replacement.expand(shape)
+    items = [(component, _replacement(target, tokens, component, replacement)) for component, replacement in items]
+    if not items:
+        raise ValueError("run_replaced_each: items is empty; give at least one (component, replacement)")
+    K, B = len(items), tokens.shape[0]
     if final_scale is not None:
         if not target.arch.final_norm:
             raise UnsupportedError(f"run_replaced: final_scale given, but {target.arch!r} has no final norm")
         if tuple(final_scale.shape) != (*tokens.shape, 1):
             raise ShapeError(f"run_replaced: final_scale has shape {list(final_scale.shape)}; it must be {[*tokens.shape, 1]}")
-    trace = target.trace(tokens, edit=_edit(target, component, replacement, final_scale))
-    if isinstance(component, Head) and isinstance(target, Reference) and trace.z is not None:
+        final_scale = final_scale.repeat(K, 1, 1)
+    trace = target.trace(tokens.repeat(K, 1), edit=_edit(target, items, B, final_scale))
+    if isinstance(target, Reference) and trace.z is not None and any(isinstance(c, Head) for c, _ in items):
         z = trace.z.clone()  # the reference replaced the write; record the z that writes it, as an adapter's trace does
-        z[component.layer, :, :, component.head] = replacement.to(z.dtype)
+        for k, (component, replacement) in enumerate(items):
+            if isinstance(component, Head):
+                z[component.layer, k * B:(k + 1) * B, :, component.head] = replacement.to(z.dtype)
         trace = dataclasses.replace(trace, z=z)
     return trace
 

@@ -22,7 +22,7 @@ logits.linear_in_final_resid        ``logits.linear_in_final_resid(L)``
 logits.decomposition                ``logits.unrolled_decomposition(kind, final norm, L)``
 logits.heads_only                   ``logits.heads_only(L, H)``
 paths.attention_only                ``paths.path_expansion(L, H)``
-ablation.direct_effect              ``direct_effect_rerun`` with each last-layer head ablated in a rerun
+ablation.direct_effect              ``direct_effect_rerun`` with each last-layer head zero-ablated in a rerun (one batched pass)
 norm.folding                        ``fold_and_centre_final`` on the trace, and a rerun with every norm folded (log-probs)
 patching.direct_effect              ``interventions.patching_direct_effect``: each last-layer head patched through the target's own pass
 =================================== =========================================================================
@@ -184,13 +184,32 @@ def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
 
 
 def _prepare_ablation(ctx: Context, instances: tuple[Instance, ...]) -> None:
-    """Zero-ablate each last-layer head in a rerun; bind its logits as ``logits^{ablated}``."""
-    from ._transforms import ablated_weights
+    """Zero-ablate each last-layer head (its ``z``, so its write ``0 W_O = 0``) in a rerun through the target's own forward
+    pass, every head's rerun a copy in one batched pass (:func:`~circuitproof.numeric.interventions.run_replaced_each`);
+    bind each run's logits as ``logits^{ablated}``."""
+    from ..numeric import interventions as iv
 
-    last = ctx.arch.n_layers - 1
-    for inst in instances:
-        trace = rerun_or_reference(ctx, ctx.arch, ablated_weights(ctx.weights, last, inst.head))
-        ctx.given[f"logits^{{ablated}}_{{{last},{inst.head}}}"] = trace.logits
+    target, tokens, last = _intervention_target(ctx), ctx.trace.tokens, ctx.arch.n_layers - 1
+    heads = [iv.Head(last, inst.head) for inst in instances]
+    logits = _copies(iv.run_replaced_each(target, tokens, [(head, torch.zeros(ctx.arch.d_head)) for head in heads]), len(heads))
+    for head, copy in zip(heads, logits):
+        ctx.given[f"logits^{{ablated}}_{{{last},{head.head}}}"] = copy
+
+
+def _intervention_target(ctx: Context):
+    """What runs the model with a component replaced: the context's target, or the reference with its weights in the trace's dtype."""
+    from ..numeric import interventions as iv
+
+    return iv.as_target(ctx.target if ctx.target is not None else iv.Reference(ctx.weights, ctx.trace.resid_pre.dtype))
+
+
+def _copies(trace, k: int) -> list[torch.Tensor]:
+    """The logits of each of the ``k`` copies of a batched run (``run_replaced_each``), ``[B, P, V]`` each."""
+    from ..numeric.bind import Unbindable
+
+    if trace.logits is None:
+        raise Unbindable("the target computes no logits (a model without its LM head)")
+    return list(trace.logits.chunk(k))
 
 
 def patch_source(tokens: torch.Tensor, d_vocab: int) -> torch.Tensor:
@@ -206,20 +225,16 @@ def _prepare_patching(ctx: Context, instances: tuple[Instance, ...]) -> None:
     pass (final norm scale frozen at the clean run's; live with the conditions dropped); bind the patched logits as
     ``logits^{patched}`` and the source run's write as ``h'``."""
     from ..numeric import interventions as iv
-    from ..numeric.bind import Unbindable
 
-    target = iv.as_target(ctx.target if ctx.target is not None else iv.Reference(ctx.weights, ctx.trace.resid_pre.dtype))
-    tokens, last = ctx.trace.tokens, ctx.arch.n_layers - 1
+    target, tokens, last = _intervention_target(ctx), ctx.trace.tokens, ctx.arch.n_layers - 1
     source = target.trace(patch_source(tokens, ctx.arch.d_vocab))
     frozen = iv.final_scale(target, ctx.trace) if (ctx.assume and ctx.arch.final_norm) else None
     ctx.notes.append("final norm scale " + ("frozen at the clean run's" if frozen is not None else "live" if ctx.arch.final_norm else "absent"))
-    for inst in instances:
-        head = iv.Head(last, inst.head)
-        patched = iv.run_replaced(target, tokens, head, iv.value(source, head), final_scale=frozen)
-        if patched.logits is None:
-            raise Unbindable("the target computes no logits (a model without its LM head)")
-        ctx.given[f"logits^{{patched}}_{{{last},{inst.head}}}"] = patched.logits
-        ctx.given[f"h'_{{{last},{inst.head}}}"] = source.head_out[last, :, :, inst.head]
+    heads = [iv.Head(last, inst.head) for inst in instances]
+    patched = iv.run_replaced_each(target, tokens, [(head, iv.value(source, head)) for head in heads], final_scale=frozen)
+    for head, copy in zip(heads, _copies(patched, len(heads))):  # every head's patched run: a copy in one batched pass
+        ctx.given[f"logits^{{patched}}_{{{last},{head.head}}}"] = copy
+        ctx.given[f"h'_{{{last},{head.head}}}"] = source.head_out[last, :, :, head.head]
 
 
 def _prepare_folding(ctx: Context, instances: tuple[Instance, ...]) -> None:

@@ -8,14 +8,17 @@ transformers model of a family built through the adapters). Every strategy is
 lazy, takes keyword-only bounds with small defaults, validates them on the first
 draw with ``name=value`` messages, and has a ``repr`` that reproduces the call.
 
-Shrinking: each choice is drawn from a list ordered simplest first, sizes shrink
-toward their lower bounds, the on/off switches are bits of three bytes (off = 0), and
-``archs`` draws the same number of choices whatever their values, so a failing
-example shrinks toward one layer, one head, the smallest dimensions and the fewest
-features on; ``models`` shrinks its target toward the reference and its seed toward 0.
+Shrinking: ``archs`` draws the numbers of layers, heads and groups and ``d_head`` as
+integers and one byte string of fixed length, a byte for each other choice, and reads
+each of those choices off its byte monotonically (byte 0 is the simplest: the first
+option of a list ordered simplest first, a size's lower bound; the on/off switches are
+the bits of three bytes, off = 0). Hypothesis shrinks the bytes of a string one by one
+toward 0, so a failing example shrinks toward one layer, one head, the smallest
+dimensions and the fewest features on; ``models`` shrinks its target toward the
+reference and its seed toward 0.
 
 Speed: every draw costs tens of microseconds in Hypothesis, so strategies are built
-once and reused and the switches are drawn eight to a choice (three draws, not 21);
+once and reused and an architecture is five draws (four sizes and a byte for each other choice), not 22;
 a :class:`Model` keeps the traces of the tokens it ran, so that checking every claim
 (:meth:`Model.check_all`) runs the forward pass once.
 """
@@ -45,8 +48,13 @@ _OPTIONS = {"rotary_base": (10000.0, 100.0), "rotary_style": ("half", "interleav
             "norm_gain": ("w", "one_plus_w"), "embed_scale": (1.0, 2.0)}  # two-way choices, the simplest first
 _FLAGS = ("attn_only", "parallel", "final_norm", "embed_norm", "parallel_shared_norm", "unembed_transform", "gated", "mlp_bias",
           "_sliding", "_bidirectional", "q_bias", "k_bias", "v_bias", "o_bias", "tied", "unembed_bias", *_OPTIONS)
-_BYTE = st.integers(0, 255)
-_N_CTX = st.integers(1, 8).map(lambda n: 2 * n)
+# the choices archs reads off its byte string, a byte each (a size wider than a byte is drawn on its own); the sizes that
+# trade against each other (heads = key/value heads x group; d_head, which rotary rounds to even) are integer choices of
+# their own, which Hypothesis' shrinker lowers and raises in pairs
+_CHOICES = ("positional", "_rotary_half", "_switches0", "_switches1", "_switches2",
+            "norm", "norm_placement", "qk_norm", "d_mlp", "act", "_sliding_mask", "sliding_window", "d_model", "d_vocab", "_n_ctx_half",
+            "attn_scale", "attn_softcap", "logit_softcap")
+_CHOICE_BYTES = st.binary(min_size=len(_CHOICES), max_size=len(_CHOICES))
 _SEED = st.integers(0, 2**32 - 1)
 
 
@@ -84,10 +92,12 @@ def archs(
     produced (parallel blocks are pre-norm, post-norm has no final norm, ...).
     Shrinks toward ``Arch(d_model=2, d_head=1, d_mlp=1, d_vocab=2, n_ctx=2,
     positional='none', norm='none', act='relu', mlp_bias=False)``: one layer, one
-    head, the smallest dimensions, the fewest features on. Every field's choice is
-    drawn whether or not the architecture uses it (an attention-only model still
-    draws, and ignores, its MLP's), so the number of choices never depends on their
-    values and Hypothesis' shrinker, which prefers fewer choices, shrinks values.
+    head, the smallest dimensions, the fewest features on. The depth, heads, group
+    and ``d_head`` are integer choices; every other field's choice is a
+    byte of one drawn byte string, read whether or not the architecture uses it (an
+    attention-only model ignores its MLP's), so the choices never depend on each
+    other's values and Hypothesis' shrinker lowers each byte alone. A size wider than
+    a byte (a bound above 256) is drawn on its own.
     """
     for name, value, low in (
         ("max_layers", max_layers, 1),
@@ -102,8 +112,17 @@ def archs(
         raise ValueError(f"archs: {sorted(unknown)} are not Arch fields")
     fixed = {k: draw(v) if isinstance(v, st.SearchStrategy) else v for k, v in fixed.items()}
 
-    def pick(name: str, strategy: st.SearchStrategy) -> object:
-        return fixed[name] if name in fixed else draw(strategy)
+    def pick(name: str, options: tuple) -> object:
+        """``options[k]`` for byte ``b``, ``k = b * len(options) // 256``: byte 0 picks the first (simplest)."""
+        return fixed[name] if name in fixed else options[byte[name] * len(options) // 256]
+
+    def size(name: str, low: int, high: int) -> int:
+        """An integer in ``[low, high]``, ``low + b * (high - low + 1) // 256`` (byte 0: ``low``); drawn alone if wider than a byte."""
+        if name in fixed:
+            return fixed[name]
+        if high - low + 1 > 256:
+            return draw(_ints(low, high))
+        return low + byte[name] * (high - low + 1) // 256
 
     def flag(name: str) -> bool:
         return fixed[name] if name in fixed else bool(switches >> _FLAGS.index(name) & 1)
@@ -112,22 +131,22 @@ def archs(
         return fixed[name] if name in fixed else _OPTIONS[name][switches >> _FLAGS.index(name) & 1]
 
     # sizes and heads: the group is clamped so that n_heads <= max_heads
-    n_layers = pick("n_layers", _ints(1, max_layers))
-    n_kv_heads = pick("n_kv_heads", _ints(1, max_heads))
-    group = pick("_group", _ints(1, max_heads))
+    byte = dict(zip(_CHOICES, draw(_CHOICE_BYTES)))
+    n_layers = fixed["n_layers"] if "n_layers" in fixed else draw(_ints(1, max_layers))
+    n_kv_heads = fixed["n_kv_heads"] if "n_kv_heads" in fixed else draw(_ints(1, max_heads))
+    group = fixed["_group"] if "_group" in fixed else draw(_ints(1, max_heads))
     group = max(1, min(group, max_heads // n_kv_heads))
     n_heads = fixed.get("n_heads", n_kv_heads * group)
     if n_heads % n_kv_heads:
         n_kv_heads = n_heads
-    positional = pick("positional", _one_of(_POSITIONAL))
-    d_head = pick("d_head", _ints(1, max_d_head))
+    positional = pick("positional", _POSITIONAL)
+    d_head = fixed["d_head"] if "d_head" in fixed else draw(_ints(1, max_d_head))
     if positional == "rotary" and "d_head" not in fixed:
         d_head = 2 * max(1, d_head // 2)  # rotary rotates pairs
-    rotary_half = pick("_rotary_half", _ints(0, max_d_head // 2))  # rotary_dim / 2; 0 means the whole head
-    # the on/off switches and two-way options, eight to a choice, a bit each (off, or the first option = 0): they
-    # shrink toward every switch off as they would one by one, in three draws instead of 21 (Hypothesis draws the
-    # eight bits of a byte evenly)
-    switches = draw(_BYTE) | draw(_BYTE) << 8 | draw(_BYTE) << 16
+    rotary_half = size("_rotary_half", 0, max_d_head // 2)  # rotary_dim / 2; 0 means the whole head
+    # the on/off switches and two-way options, eight to a byte, a bit each (off, or the first option = 0): they
+    # shrink toward every switch off as they would one by one (Hypothesis draws the eight bits of a byte evenly)
+    switches = byte["_switches0"] | byte["_switches1"] << 8 | byte["_switches2"] << 16
     rotary = {}
     if positional == "rotary":
         rotary_dim = fixed.get("rotary_dim", min(2 * rotary_half, d_head) or None)
@@ -137,10 +156,10 @@ def archs(
             rotary_style=option("rotary_style"),
         )
     # norms and blocks: every switch drawn, applied where the family allows it
-    norm = pick("norm", _one_of(_NORM))
+    norm = pick("norm", _NORM)
     attn_only = flag("attn_only")
     parallel = flag("parallel") and not attn_only
-    placement = pick("norm_placement", _one_of(_PLACEMENT))
+    placement = pick("norm_placement", _PLACEMENT)
     if norm == "none" or parallel:
         placement = "pre"
     drawn_norm = dict(
@@ -148,7 +167,7 @@ def archs(
         norm_gain=option("norm_gain"),
         final_norm=flag("final_norm"),
         embed_norm=flag("embed_norm"),
-        qk_norm=pick("qk_norm", _one_of(("none", "all_heads", "per_head"))),
+        qk_norm=pick("qk_norm", ("none", "all_heads", "per_head")),
         parallel_shared_norm=flag("parallel_shared_norm"),
         unembed_transform=flag("unembed_transform"),
     )
@@ -160,40 +179,39 @@ def archs(
         norm_fields["parallel_shared_norm"] = parallel and drawn_norm["parallel_shared_norm"]
         norm_fields["unembed_transform"] = (not attn_only) and drawn_norm["unembed_transform"]
     drawn_mlp = dict(
-        d_mlp=pick("d_mlp", _ints(1, 2 * max_d_model)),
+        d_mlp=size("d_mlp", 1, 2 * max_d_model),
         gated=flag("gated"),
-        act=pick("act", _one_of(_ACT)),
+        act=pick("act", _ACT),
         mlp_bias=flag("mlp_bias"),
     )
     mlp = {} if attn_only else drawn_mlp
-    # sliding window: the layers as a bit mask (one choice, whatever the depth)
+    # sliding window: the layers as a bit mask
     sliding = flag("_sliding")
-    mask = pick("_sliding_mask", _ints(1, 2**n_layers - 1))
+    mask = size("_sliding_mask", 1, 2 ** min(n_layers, 8) - 1)  # a byte: the first 8 layers (one choice, whatever the depth)
     layers = fixed.get("sliding_layers", tuple(l for l in range(n_layers) if mask >> l & 1))
-    size = pick("sliding_window", _ints(1, 4))
-    window = dict(sliding_window=size, sliding_layers=layers) if sliding else {}
+    window = dict(sliding_window=size("sliding_window", 1, 4), sliding_layers=layers) if sliding else {}
     fields = dict(
         n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
-        d_model=pick("d_model", _ints(2, max_d_model)),
+        d_model=size("d_model", 2, max_d_model),
         d_head=d_head,
-        d_vocab=pick("d_vocab", _ints(2, max_vocab)),
-        n_ctx=pick("n_ctx", _N_CTX),
+        d_vocab=size("d_vocab", 2, max_vocab),
+        n_ctx=fixed.get("n_ctx", 2 * size("_n_ctx_half", 1, 8)),
         causal=fixed.get("causal", not flag("_bidirectional")),
         q_bias=flag("q_bias"),
         k_bias=flag("k_bias"),
         v_bias=flag("v_bias"),
         o_bias=flag("o_bias"),
-        attn_scale=pick("attn_scale", _one_of((None, 0.5, 1.0))),
-        attn_softcap=pick("attn_softcap", _one_of((None, 5.0, 1.0))),
+        attn_scale=pick("attn_scale", (None, 0.5, 1.0)),
+        attn_softcap=pick("attn_softcap", (None, 5.0, 1.0)),
         positional=positional,
         norm=norm,
         attn_only=attn_only,
         parallel=parallel,
         tied=flag("tied"),
         unembed_bias=flag("unembed_bias"),
-        logit_softcap=pick("logit_softcap", _one_of((None, 10.0, 2.0))),
+        logit_softcap=pick("logit_softcap", (None, 10.0, 2.0)),
         embed_scale=option("embed_scale"),
         **rotary,
         **norm_fields,

@@ -23,10 +23,12 @@ from circuitproof.numeric.interventions import (
     Embed,
     Head,
     Reference,
+    as_target,
     final_scale,
     mean_ablate,
     patch,
     run_replaced,
+    run_replaced_each,
     value,
     zero_ablate,
 )
@@ -132,6 +134,29 @@ def test_patching_a_component_with_its_own_clean_value_changes_nothing(data):
     assert _rel(same.logits, clean.logits) <= RTOL_SAME and _rel(frozen.logits, clean.logits) <= RTOL_SAME
 
 
+def _each_against_one_by_one(target, arch: Arch, toks: torch.Tensor, data, rtol: float) -> None:
+    """Each copy of one batched run_replaced_each is the run of run_replaced for its item alone, to ``rtol``."""
+    clean = as_target(target).trace(toks)
+    other = as_target(target).trace(_other_tokens(arch, toks, data.draw(st.integers(0, 99), label="other")))
+    items = [(c, value(other, c)) for c in data.draw(st.lists(components(arch), min_size=1, max_size=3), label="components")]
+    frozen = final_scale(target, clean) if (arch.final_norm and data.draw(st.booleans(), label="freeze")) else None
+    batched, B = run_replaced_each(target, toks, items, final_scale=frozen), toks.shape[0]
+    assert batched.logits.shape[0] == len(items) * B
+    for k, (component, replacement) in enumerate(items):
+        alone = run_replaced(target, toks, component, replacement, final_scale=frozen)
+        copy = batched.logits[k * B:(k + 1) * B]
+        note(f"{component!r}: rel {_rel(copy, alone.logits):.2e}")
+        assert _rel(copy, alone.logits) <= rtol
+
+
+@settings(max_examples=2 * EXAMPLES, suppress_health_check=SLOW)
+@given(data=st.data())
+def test_replacing_several_components_in_one_batched_run_is_replacing_each_alone(data):
+    model = data.draw(models("reference"), label="model")
+    toks = data.draw(tokens(model.arch), label="tokens")
+    _each_against_one_by_one(Reference(model.weights), model.arch, toks, data, RTOL_SAME)
+
+
 # ------------------------------------------------------------------ real models, through hooks
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=EXAMPLES, suppress_health_check=SLOW)
@@ -170,6 +195,17 @@ def test_on_a_family_zero_ablation_is_zeroing_the_weights_and_self_patching_chan
     note(f"ablation rel {_rel(by_hook, by_weights):.2e}; self-patch rel {_rel(same.logits, clean.logits):.2e}")
     assert _rel(by_hook, by_weights) <= RTOL_SAME
     assert torch.equal(same.logits, clean.logits)  # the same values through the same modules
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=max(2, EXAMPLES // 2), suppress_health_check=SLOW)
+@given(data=st.data())
+def test_on_a_family_replacing_several_components_in_one_batched_run_is_replacing_each_alone(family, data):
+    """Through the family's hooks; batching may round float32 steps differently: the family's tolerance as shipped."""
+    model = data.draw(models(family), label="model")
+    toks = data.draw(tokens(model.arch), label="tokens")
+    rtol = rtol_as_shipped(family, run(model.arch, model.weights, toks))
+    _each_against_one_by_one(model.intervention_target, model.arch, toks, data, rtol)
 
 
 def _small_arch(family: str) -> Arch:
