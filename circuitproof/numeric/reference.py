@@ -125,6 +125,12 @@ def _mask(causal: bool, window: int | None, n_pos: int) -> torch.Tensor:
     return allowed
 
 
+@functools.lru_cache(maxsize=256)
+def _blocked(causal: bool, window: int | None, n_pos: int) -> torch.Tensor:
+    """``~_mask(...)``: True where query i may not attend to key j (kept: read-only, for the forward pass's masked_fill)."""
+    return ~_mask(causal, window, n_pos)
+
+
 # ----------------------------------------------------------------- sublayers
 Edit = Callable[[str, "int | None", torch.Tensor], torch.Tensor]
 
@@ -182,8 +188,9 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, e
         q, k = nq.output, nk.output
         rec.setdefault("norm.q", []).append(nq)
         rec.setdefault("norm.k", []).append(nk)
-    positions = torch.arange(P)
-    q, k = rotary(arch, q, positions), rotary(arch, k, positions)
+    if arch.rotary_dims:
+        positions = torch.arange(P)
+        q, k = rotary(arch, q, positions), rotary(arch, k, positions)
 
     k_h, v_h = k, v  # [B, P, H, Dh]: query head h reads kv head h // group
     if arch.group_size > 1:
@@ -191,8 +198,8 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, e
         k_h, v_h = k[:, :, kv_of_head], v[:, :, kv_of_head]
     scores = (q.transpose(1, 2) @ k_h.permute(0, 2, 3, 1)) * arch.scale  # [B, H, P_q, Dh] @ [B, H, Dh, P_k] -> [B, H, P_q, P_k]
     scores = softcap(scores, arch.attn_softcap)
-    mask = attention_mask(arch, l, P)
-    pattern = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # rows sum to 1
+    blocked = _blocked(arch.causal, arch.sliding_window if arch.is_sliding(l) else None, P)  # ~attention_mask(arch, l, P)
+    pattern = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1)  # rows sum to 1
     z = (pattern @ v_h.transpose(1, 2)).transpose(1, 2)  # [B, H, P, Dh] -> [B, P, H, Dh]: z_i = sum_j A_ij v_j
     head_out = (z.transpose(1, 2) @ w.W_O[l]).transpose(1, 2)  # [B, H, P, Dh] @ [H, Dh, D] -> [B, P, H, D]: head_h = z_h W_O[h]
     if edit is not None:
@@ -266,8 +273,9 @@ def _check_tokens(arch: Arch, tokens: torch.Tensor) -> torch.Tensor:
         raise ShapeError(f"run: tokens must be [batch, pos] with pos >= 1, got shape {list(tokens.shape)}")
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise TokenError(f"run: tokens must be integer ids, got dtype {tokens.dtype}")
-    if tokens.min() < 0 or tokens.max() >= arch.d_vocab:
-        raise TokenError(f"run: token ids must lie in [0, d_vocab={arch.d_vocab}), got [{int(tokens.min())}, {int(tokens.max())}]")
+    low, high = (int(v) for v in tokens.aminmax())
+    if low < 0 or high >= arch.d_vocab:
+        raise TokenError(f"run: token ids must lie in [0, d_vocab={arch.d_vocab}), got [{low}, {high}]")
     if arch.positional == "learned" and tokens.shape[1] > arch.n_ctx:
         raise TokenError(f"run: {tokens.shape[1]} positions exceed n_ctx={arch.n_ctx} learned positions")
     return tokens.long()

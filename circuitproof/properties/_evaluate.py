@@ -96,17 +96,23 @@ def errors(lhs: object, rhs: object, magnitude: object | None, n: int, rank: int
     shape = full[len(full) - natural:] if natural else ()
     if 0 in full:
         return [(0.0, 0.0)] * n, lambda i: ((), shape)
-    a, b = a.expand(full), b.expand(full)
-    m = _leading(magnitude, rank).expand(full) if magnitude is not None else None
-    # every entry finite (the common case): the maxima of |a - b|, |b| and |m| in one reduction
-    parts = [(a - b).abs(), b.abs()] + ([m.abs()] if m is not None else [])
-    maxima = torch.stack(parts).reshape(len(parts), n, -1).amax(2).tolist()  # [part][instance]; NaN and inf propagate
+    diff = (a - b).abs()
+    m = _leading(magnitude, rank) if magnitude is not None else None
+    # every entry finite (the common case): the maxima of |a - b|, |b| and |m| over each instance's entries, one reduction
+    # each; a part without the instance axis (the same for every instance) has one maximum, which serves them all
+    dims = tuple(range(1, rank + 1))
+    parts = [diff, b.abs()] + ([m.abs()] if m is not None else [])
+    maxima = [p.amax(dim=dims).tolist() if dims else p.reshape(-1).tolist() for p in parts]  # NaN and inf propagate
+    maxima = [row * n if len(row) == 1 and n > 1 else row for row in maxima]
     if all(math.isfinite(v) for row in maxima for v in row):
         max_abs, scale = maxima[0], [max(s) for s in zip(*maxima[1:])]
+        worst = diff.expand(full)
 
         def locate(i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-            return _unravel(int((a[i] - b[i]).abs().argmax()), shape), shape
+            return _unravel(int(worst[i].argmax()), shape), shape
     else:
+        a, b = a.expand(full), b.expand(full)
+        m = m.expand(full) if m is not None else None
         # NaN is an infinite error; equal entries agree, two infinities of the same sign (masked -inf scores) included
         diff = torch.where(a == b, 0.0, (a - b).abs()).nan_to_num(nan=_INF, posinf=_INF)
         scales = [diff.reshape(n, -1).amax(1), _finite_max(b, n)] + ([_finite_max(m, n)] if m is not None else [])
@@ -116,7 +122,7 @@ def errors(lhs: object, rhs: object, magnitude: object | None, n: int, rank: int
         def locate(i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
             return _unravel(int(diff[i].argmax()), shape), shape
     if 0.0 in scale:  # nothing to measure against in rhs: the scale of lhs
-        scale = [s or a_s for s, a_s in zip(scale, _finite_max(a, n).tolist())]
+        scale = [s or a_s for s, a_s in zip(scale, _finite_max(a.expand(full), n).tolist())]
     out = [(m, 0.0 if m == 0.0 else (m / s if s > 0 else _INF)) for m, s in zip(max_abs, scale)]
     return out, locate
 

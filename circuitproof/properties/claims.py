@@ -105,10 +105,15 @@ def _per_head(which: str, l: int, h: int, *flags: object) -> tuple[Instance, ...
 
 def _each_head(which: str, *flags):
     def instances(arch: Arch) -> tuple[Instance, ...]:
-        extra = tuple(f(arch) for f in flags)
-        return tuple(i for l, h in _heads(arch) for i in _per_head(which, l, h, *extra))
+        return _every_head(which, arch.n_layers, arch.n_heads, *(f(arch) for f in flags))
 
     return instances
+
+
+@functools.lru_cache(maxsize=256)
+def _every_head(which: str, L: int, H: int, *flags: object) -> tuple[Instance, ...]:
+    """Every head's instances of one generic identity, layer by layer, kept per shape."""
+    return tuple(i for l in range(L) for h in range(H) for i in _per_head(which, l, h, *flags))
 
 
 @functools.lru_cache(maxsize=64)
