@@ -340,7 +340,7 @@ class Model:
             raise UnsupportedError(f"{self.target} cannot express {reason}")
         return adapt(build(arch, weights, self.target)).trace(tokens)
 
-    @property
+    @functools.cached_property
     def tolerance(self) -> tuple[float, str]:
         """The relative tolerance for checks on this target, and why it has that size."""
         from ._claim import RTOL_FLOAT32, RTOL_FLOAT32_REASON, RTOL_FLOAT64, RTOL_FLOAT64_REASON
@@ -364,7 +364,7 @@ class Model:
                            rerun=lambda arch, weights: self.trace_of(arch, weights, tokens), assume=assume,
                            target=self.intervention_target)
 
-    @property
+    @functools.cached_property
     def intervention_target(self):
         """What runs this model with a component replaced (``numeric.interventions``): the reference, or the family's adapter."""
         from ..numeric.interventions import Reference
