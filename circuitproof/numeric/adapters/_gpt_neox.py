@@ -55,7 +55,8 @@ from hypothesis import strategies as st
 from ...arch import Arch
 from .._trace import NormTrace, Trace
 from .._weights import Weights
-from ._base import Adapter, AdapterError, Recorder, check_shape, require
+from ._base import Adapter, Recorder, require
+from ._hooked import reader, stack_layers, unembedding, writer, z_trace
 
 __all__ = ["GPTNeoXAdapter"]
 
@@ -159,14 +160,8 @@ class GPTNeoXAdapter(Adapter):
 
     @classmethod
     def read_weights(cls, model: torch.nn.Module, arch: Arch) -> Weights:
-        name = type(model).__name__
         H, D, Dh, M, V = arch.n_heads, arch.d_model, arch.d_head, arch.d_mlp, arch.d_vocab
-        net = model.gpt_neox
-
-        def get(label: str, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-            return check_shape(name, label, t.detach(), shape).clone()
-
-        per_layer: dict[str, list[torch.Tensor]] = {}
+        net, get, layers = model.gpt_neox, reader(type(model).__name__), []
         for l, layer in enumerate(net.layers):
             p = f"gpt_neox.layers.{l}"
             qkv = get(f"{p}.attention.query_key_value.weight", layer.attention.query_key_value.weight, (3 * H * Dh, D))
@@ -184,16 +179,12 @@ class GPTNeoXAdapter(Adapter):
             t["b_in"] = get(f"{p}.mlp.dense_h_to_4h.bias", layer.mlp.dense_h_to_4h.bias, (M,))
             t["W_out"] = get(f"{p}.mlp.dense_4h_to_h.weight", layer.mlp.dense_4h_to_h.weight, (D, M)).T
             t["b_out"] = get(f"{p}.mlp.dense_4h_to_h.bias", layer.mlp.dense_4h_to_h.bias, (D,))
-            for key, value in t.items():
-                per_layer.setdefault(key, []).append(value)
-        tensors = {key: torch.stack(values).contiguous() for key, values in per_layer.items()}
+            layers.append(t)
+        tensors = stack_layers(layers)
         tensors["W_E"] = get("gpt_neox.embed_in.weight", net.embed_in.weight, (V, D))
         tensors["ln_final_w"] = get("gpt_neox.final_layer_norm.weight", net.final_layer_norm.weight, (D,))
         tensors["ln_final_b"] = get("gpt_neox.final_layer_norm.bias", net.final_layer_norm.bias, (D,))
-        if not arch.tied:
-            tensors["W_U"] = get("lm_head.weight", model.lm_head.weight, (V, D)).T.contiguous()
-        elif model.lm_head.weight.data_ptr() != net.embed_in.weight.data_ptr():
-            raise AdapterError(f"{name}: tie_word_embeddings=True but lm_head.weight is not gpt_neox.embed_in.weight")
+        tensors.update(unembedding(get, model, arch, net.embed_in.weight, "gpt_neox.embed_in.weight"))
         return Weights(arch, tensors)
 
     # ---------------------------------------------------------- hook points
@@ -231,32 +222,11 @@ class GPTNeoXAdapter(Adapter):
         rec.output(net.final_layer_norm, "final.output")
         logits = self.model(input_ids=tokens, use_cache=False).logits
 
-        z = rec.stack("z").unflatten(-1, (H, Dh))  # [L, B, P, H, Dh]
         W_O = torch.stack([layer.attention.dense.weight.T.reshape(H, Dh, arch.d_model) for layer in net.layers])  # [L, H, Dh, D]
         norms = {slot: NormTrace(rec.stack(f"{slot}.input"), None, rec.stack(f"{slot}.output")) for slot in ("attn_in", "mlp_in")}
         norms["final"] = NormTrace(rec.last("final.input"), None, rec.last("final.output"))
-        return Trace(
-            arch=arch,
-            tokens=tokens,
-            embed=rec.last("embed"),
-            resid_pre=rec.stack("resid_pre"),
-            resid_mid=None if arch.parallel else norms["mlp_in"].input,  # sequential: n2 reads x + attn
-            resid_post=rec.stack("resid_post"),
-            q=None,
-            k=None,
-            v=rec.stack("v"),
-            scores=None,
-            pattern=rec.stack("pattern"),
-            z=z,
-            head_out=torch.einsum("lbphe,lhed->lbphd", z, W_O),  # head_h = z_h W_O[h]
-            attn_out=rec.stack("attn_out"),
-            mlp_pre=rec.stack("mlp_pre"),
-            mlp_post=rec.stack("mlp_post"),
-            mlp_out=rec.stack("mlp_out"),
-            logits_raw=logits,
-            logits=logits,
-            norms=norms,
-        )
+        resid_mid = None if arch.parallel else norms["mlp_in"].input  # sequential: n2 reads x + attn
+        return z_trace(arch, tokens, rec, logits, W_O, norms, resid_mid)
 
     # ----------------------------------------------------------------- build
     @classmethod
@@ -318,11 +288,7 @@ class GPTNeoXAdapter(Adapter):
 def _load(model: torch.nn.Module, arch: Arch, w: Weights) -> None:
     """Copy ``w`` into ``model``: the inverse of ``read_weights`` (every rewrite named)."""
     H, D, Dh = arch.n_heads, arch.d_model, arch.d_head
-    net = model.gpt_neox
-
-    def put(param: torch.Tensor, value: torch.Tensor, label: str) -> None:
-        param.copy_(check_shape("build", label, value, tuple(param.shape)))
-
+    net, put = model.gpt_neox, writer()
     with torch.no_grad():
         put(net.embed_in.weight, w.W_E, "W_E")
         for l, layer in enumerate(net.layers):

@@ -44,7 +44,8 @@ import torch
 from ...arch import Arch
 from .._trace import NormTrace, Trace
 from .._weights import Weights
-from ._base import Adapter, AdapterError, Recorder, check_shape, require
+from ._base import Adapter, Recorder, require
+from ._hooked import reader, stack_layers, unembedding, writer, z_trace
 
 __all__ = ["GPTJAdapter"]
 
@@ -135,14 +136,8 @@ class GPTJAdapter(Adapter):
 
     @classmethod
     def read_weights(cls, model: torch.nn.Module, arch: Arch) -> Weights:
-        name = type(model).__name__
         H, D, Dh, M, V = arch.n_heads, arch.d_model, arch.d_head, arch.d_mlp, arch.d_vocab
-        net = model.transformer
-
-        def get(label: str, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-            return check_shape(name, label, t.detach(), shape).clone()
-
-        per_layer: dict[str, list[torch.Tensor]] = {}
+        net, get, layers = model.transformer, reader(type(model).__name__), []
         for l, block in enumerate(net.h):
             p = f"transformer.h.{l}"
             t = {}
@@ -156,16 +151,12 @@ class GPTJAdapter(Adapter):
             t["b_in"] = get(f"{p}.mlp.fc_in.bias", block.mlp.fc_in.bias, (M,))
             t["W_out"] = get(f"{p}.mlp.fc_out.weight", block.mlp.fc_out.weight, (D, M)).T
             t["b_out"] = get(f"{p}.mlp.fc_out.bias", block.mlp.fc_out.bias, (D,))
-            for key, value in t.items():
-                per_layer.setdefault(key, []).append(value)
-        tensors = {key: torch.stack(values).contiguous() for key, values in per_layer.items()}
+            layers.append(t)
+        tensors = stack_layers(layers)
         tensors["W_E"] = get("transformer.wte.weight", net.wte.weight, (V, D))
         tensors["ln_final_w"] = get("transformer.ln_f.weight", net.ln_f.weight, (D,))
         tensors["ln_final_b"] = get("transformer.ln_f.bias", net.ln_f.bias, (D,))
-        if not arch.tied:
-            tensors["W_U"] = get("lm_head.weight", model.lm_head.weight, (V, D)).T.contiguous()
-        elif model.lm_head.weight.data_ptr() != net.wte.weight.data_ptr():
-            raise AdapterError(f"{name}: tie_word_embeddings=True but lm_head.weight is not transformer.wte.weight")
+        tensors.update(unembedding(get, model, arch, net.wte.weight, "transformer.wte.weight"))
         tensors["b_U"] = get("lm_head.bias", model.lm_head.bias, (V,))
         return Weights(arch, tensors)
 
@@ -201,35 +192,12 @@ class GPTJAdapter(Adapter):
             rec.output(block.mlp, "mlp_out")
         rec.input(net.ln_f, "final.input")
         rec.output(net.ln_f, "final.output")
-        out = self.model(input_ids=tokens, use_cache=False)
+        logits = self.model(input_ids=tokens, use_cache=False).logits
 
-        z = rec.stack("z").unflatten(-1, (H, Dh))  # [L, B, P, H, Dh]
         W_O = torch.stack([block.attn.out_proj.weight.T.reshape(H, Dh, arch.d_model) for block in net.h])  # [L, H, Dh, D]
-        return Trace(
-            arch=arch,
-            tokens=tokens,
-            embed=rec.last("embed"),
-            resid_pre=rec.stack("resid_pre"),
-            resid_mid=None,
-            resid_post=rec.stack("resid_post"),
-            q=None,
-            k=None,
-            v=rec.stack("v"),
-            scores=None,
-            pattern=rec.stack("pattern"),
-            z=z,
-            head_out=torch.einsum("lbphe,lhed->lbphd", z, W_O),  # head_h = z_h W_O[h]
-            attn_out=rec.stack("attn_out"),
-            mlp_pre=rec.stack("mlp_pre"),
-            mlp_post=rec.stack("mlp_post"),
-            mlp_out=rec.stack("mlp_out"),
-            logits_raw=out.logits,
-            logits=out.logits,
-            norms={
-                "attn_in": NormTrace(rec.stack("attn_in.input"), None, rec.stack("attn_in.output")),
-                "final": NormTrace(rec.last("final.input"), None, rec.last("final.output")),
-            },
-        )
+        norms = {"attn_in": NormTrace(rec.stack("attn_in.input"), None, rec.stack("attn_in.output")),
+                 "final": NormTrace(rec.last("final.input"), None, rec.last("final.output"))}
+        return z_trace(arch, tokens, rec, logits, W_O, norms, resid_mid=None)  # parallel block: no mid-layer stream
 
     # ----------------------------------------------------------------- build
     @classmethod
@@ -289,11 +257,7 @@ class GPTJAdapter(Adapter):
 def _load(model: torch.nn.Module, arch: Arch, w: Weights) -> None:
     """Copy ``w`` into ``model``: the inverse of ``read_weights`` (every rewrite named)."""
     H, D, Dh = arch.n_heads, arch.d_model, arch.d_head
-    net = model.transformer
-
-    def put(param: torch.Tensor, value: torch.Tensor, label: str) -> None:
-        param.copy_(check_shape("build", label, value, tuple(param.shape)))
-
+    net, put = model.transformer, writer()
     with torch.no_grad():
         put(net.wte.weight, w.W_E, "W_E")
         for l, block in enumerate(net.h):

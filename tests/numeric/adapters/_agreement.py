@@ -111,3 +111,34 @@ def same_state(a: tuple, b: tuple) -> bool:
     """Two ``model_state`` s are equal (parameter values compared exactly)."""
     return a[:3] == b[:3] and len(a[3]) == len(b[3]) and all(
         x[:3] == y[:3] and torch.equal(x[3], y[3]) for x, y in zip(a[3], b[3], strict=True))
+
+
+# ------------------------------------------------------------------ shared by the family tests
+def draw_and_compare(family: str, data, rtol_of: Callable[[Trace], float]) -> None:
+    """Draw an Arch the family can express, its weights and tokens; the family's trace must agree with the reference's
+    to ``rtol_of(reference trace)``."""
+    from hypothesis import note
+
+    from circuitproof.numeric import run
+    from circuitproof.numeric.adapters import adapt, build
+    from circuitproof.properties.strategies import family_archs, tokens, weights
+
+    arch = data.draw(family_archs(family), label="arch")
+    w = data.draw(weights(arch), label="weights")
+    toks = data.draw(tokens(arch), label="tokens")
+    real = adapt(build(arch, w, family)).trace(toks)
+    ref = run(arch, w, toks)
+    rtol = rtol_of(ref)
+    note(f"rtol {rtol:.2e}, errors: {assert_traces_agree(real, ref, rtol)}")
+
+
+def eager_attention_in_dtype(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention computed in the inputs' dtype throughout (for families that step down to float32 in it).
+
+    q, k, v ``[B, H, P, Dh]``; returns ``z`` ``[B, P, H, Dh]`` and the pattern ``[B, H, P, P]``, as transformers' eager forward.
+    """
+    scores = query @ key.transpose(-1, -2) * scaling  # [B, H, P, P]
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    pattern = scores.softmax(dim=-1)
+    return (pattern @ value).transpose(1, 2), pattern  # z [B, P, H, Dh]

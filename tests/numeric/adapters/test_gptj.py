@@ -3,38 +3,26 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import pytest
 import torch
-from hypothesis import given, note
+from hypothesis import given
 from hypothesis import strategies as st
 from transformers import GPTJConfig, GPTJForCausalLM
 from transformers.models.gptj import modeling_gptj
 
 from circuitproof import Arch, UnsupportedError
-from circuitproof.numeric import Trace, Weights, run
+from circuitproof.numeric import Weights, run
 from circuitproof.numeric.adapters import adapt, build
 from circuitproof.numeric.adapters._gptj import GPTJAdapter
-from circuitproof.properties.strategies import family_archs, tokens, weights
 
-from ._agreement import RTOL_FLOAT64, assert_traces_agree, rtol_as_shipped
+from ._agreement import RTOL_FLOAT64, assert_traces_agree, draw_and_compare, eager_attention_in_dtype, rtol_as_shipped
 
 FAMILY = "gptj"
 GPTJ = dict(positional="rotary", rotary_style="interleaved", parallel=True, parallel_shared_norm=True, unembed_bias=True)
 
 # The tolerance as shipped, 64 u kappa, and its reason: _agreement.TOLERANCES. The patched test below shows
 # that the whole difference is the float32 steps.
-
-
-def _draw_and_compare(data: st.DataObject, rtol_of: Callable[[Trace], float]) -> None:
-    arch = data.draw(family_archs(FAMILY), label="arch")
-    w = data.draw(weights(arch), label="weights")
-    toks = data.draw(tokens(arch), label="tokens")
-    real = adapt(build(arch, w, FAMILY)).trace(toks)
-    ref = run(arch, w, toks)
-    rtol = rtol_of(ref)
-    note(f"rtol {rtol:.2e}, errors: {assert_traces_agree(real, ref, rtol)}")
 
 
 # ----------------------------------------------------- the float32 steps, kept in float64
@@ -46,26 +34,17 @@ def _rotary_float64(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[
     return theta.sin().to(x.dtype), theta.cos().to(x.dtype)
 
 
-def _attention_float64(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Eager attention with q k^T in the inputs' dtype (GPT-J casts q and k to float32). q, k, v [B, H, P, Dh]."""
-    scores = query @ key.transpose(-1, -2) * scaling  # [B, H, P, P]
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    pattern = scores.softmax(dim=-1)
-    return (pattern @ value).transpose(1, 2), pattern  # z [B, P, H, Dh]
-
-
 def _patch(mp: pytest.MonkeyPatch) -> None:
     """Keep GPT-J's float32 steps (sin/cos table, q k^T) in the model's dtype, for this test only."""
     mp.setattr(modeling_gptj.GPTJRotaryEmbedding, "forward", _rotary_float64)
-    mp.setattr(modeling_gptj, "eager_attention_forward", _attention_float64)
+    mp.setattr(modeling_gptj, "eager_attention_forward", eager_attention_in_dtype)
 
 
 @given(data=st.data())
 def test_agrees_to_float64_precision_with_float32_steps_patched(data: st.DataObject) -> None:
     with pytest.MonkeyPatch.context() as mp:
         _patch(mp)
-        _draw_and_compare(data, lambda ref: RTOL_FLOAT64)
+        draw_and_compare(FAMILY, data, lambda ref: RTOL_FLOAT64)
 
 
 def test_the_float32_steps_are_the_whole_difference() -> None:
@@ -82,7 +61,7 @@ def test_the_float32_steps_are_the_whole_difference() -> None:
 
 
 def test_patches_are_restored() -> None:
-    assert modeling_gptj.eager_attention_forward is not _attention_float64
+    assert modeling_gptj.eager_attention_forward is not eager_attention_in_dtype
     assert modeling_gptj.GPTJRotaryEmbedding.forward is not _rotary_float64
 
 
