@@ -23,6 +23,7 @@ This module imports no sympy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import torch
@@ -143,6 +144,12 @@ def _bias(kind: str, idx: tuple, arch: Arch, w: Weights, dtype: torch.dtype) -> 
     return present[idx[0]].unsqueeze(-2)
 
 
+@functools.lru_cache(maxsize=1024)
+def _columns(indices: tuple[tuple, ...]) -> list[torch.Tensor]:
+    """``[N]`` long tensors, one per index position of ``indices`` (kept per indices: read-only)."""
+    return [torch.tensor(column) for column in zip(*indices)]
+
+
 def bind_stacked(kind: str, indices: list[tuple], arch: Arch, weights: Weights, trace: Trace) -> torch.Tensor | None:
     """The atoms ``(kind, idx)`` for every ``idx`` in ``indices``, stacked: ``[N, *shape]``, in one indexing operation.
 
@@ -153,7 +160,7 @@ def bind_stacked(kind: str, indices: list[tuple], arch: Arch, weights: Weights, 
         return None
     dtype = trace.resid_pre.dtype
     w = weights.to(dtype) if weights.dtype != dtype else weights
-    columns = [torch.tensor(column) for column in zip(*indices)]  # [N] per index position: the layers, the heads
+    columns = _columns(tuple(indices))  # [N] per index position: the layers, the heads
     if kind in _BIAS_SHAPES:
         if kind not in w:
             return torch.zeros(len(indices), 1, getattr(arch, _BIAS_SHAPES[kind]), dtype=dtype)

@@ -28,6 +28,7 @@ instances of one identity at once, stacked on a leading instance axis.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..arch import Arch
@@ -36,11 +37,25 @@ from ..numeric.bind import Unbindable, bind, bind_stacked, bound_atoms
 from ..numeric.reference import attention_mask
 from ..numeric.reference import norm as reference_norm
 
-__all__ = ["bind_claim", "bind_group", "EXTRA_KINDS", "gain", "unembed_norm_slot", "input_norm_scale"]
+__all__ = ["as_numpy", "bind_claim", "bind_group", "pad_group", "EXTRA_KINDS", "gain", "unembed_norm_slot", "input_norm_scale"]
 
 EXTRA_KINDS = frozenset({"onehot", "positions", "embed_gain", "embed_bias", "mask", "mlp_input", "mlp_raw", "W_gate", "b_gate",
                          "stream_flipped", "in_scale_inv", "in_gain", "in_bias", "norm_out", "norm_input", "norm_scale", "norm_gain",
                          "norm_bias", "ones_vocab"})
+
+
+def as_numpy(x: object) -> np.ndarray:
+    """A NumPy view of a torch tensor (a copy only off the CPU or under autograd), or ``x`` as an array.
+
+    The compiled identities that apply no opaque function (``program.plain``) are evaluated
+    on these: at the sizes drawn here NumPy's cost per operation is a third of torch's.
+    """
+    try:
+        return x.numpy()  # a CPU tensor outside autograd: a view, no copy
+    except (RuntimeError, TypeError):  # requires grad, or not on the CPU
+        return x.detach().cpu().numpy()
+    except AttributeError:  # a number or an array
+        return np.asarray(x)
 
 
 def gain(arch: Arch, w: torch.Tensor) -> torch.Tensor:
@@ -193,21 +208,23 @@ def bind_claim(atoms: dict[str, tuple[str, tuple]], arch: Arch, weights: Weights
 
 
 def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: Weights, trace: Trace, *,
-               given: list[dict[str, object]], per_instance: dict[str, torch.Tensor] | None = None,
+               given: dict[str, object] | None = None, per_instance: dict[str, torch.Tensor] | None = None,
                live: bool = False) -> tuple[dict[str, object], dict[str, int]]:
-    """One env for ``N`` instances of one identity (instance ``i``: ``atoms[i]``, ``given[i]``), and each atom's rank.
+    """One env for ``N`` instances of one identity (instance ``i``: ``atoms[i]``), and each atom's rank.
 
-    ``per_instance`` gives atoms already stacked, ``[N, *shape]`` (instance ``i``'s value at ``i``).
+    ``given`` values serve every instance; ``per_instance`` gives atoms already stacked,
+    ``[N, *shape]`` (instance ``i``'s value at ``i``). Stacked atoms come back ``[N, *shape]``;
+    :func:`pad_group` pads them to broadcast against the others.
 
-    An atom bound to the same tensor for every instance (the same kind and indices, or
-    the same given object) is bound once; otherwise the instances' tensors are stacked
-    on a leading instance axis, ``[N, *shape]``, then padded with singleton axes to the
-    rank ``R`` of the largest atom, ``[N, 1, ..., 1, *shape]``, so that every atom
-    broadcasts against the others. Stacks are kept with the trace like single atoms.
+    An atom bound to the same tensor for every instance (given, or the same kind and
+    indices) is bound once; otherwise the instances' tensors are stacked
+    on a leading instance axis, ``[N, *shape]`` (:func:`pad_group` then pads them with
+    singleton axes to the rank ``R`` of the largest atom, ``[N, 1, ..., 1, *shape]``, so
+    that every atom broadcasts against the others). Stacks are kept with the trace like single atoms.
     Returns the env and ``name -> rank of one instance's tensor`` (-1 for a number).
     Raises :class:`Unbindable` as :func:`bind_claim` does for any instance.
     """
-    n, first = len(atoms), atoms[0]
+    first = atoms[0]
     kept = bound_atoms(trace, weights)
     dtype = trace.resid_pre.dtype
     w = weights.to(dtype) if weights.dtype != dtype else weights
@@ -230,15 +247,12 @@ def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: W
 
     env: dict[str, object] = {}
     stacked: dict[str, torch.Tensor] = dict(per_instance or {})
+    given = given or {}
     for name in first:
         if name in stacked:
             continue
-        if any(name in g for g in given):
-            values = [g[name] if name in g else one(name, a[name]) for g, a in zip(given, atoms)]
-            if all(v is values[0] for v in values):
-                env[name] = values[0]
-            else:
-                stacked[name] = torch.stack([torch.as_tensor(v) for v in values])  # [N, *shape]
+        if name in given:
+            env[name] = given[name]
             continue
         keys = tuple(a[name] for a in atoms)
         if all(k == keys[0] for k in keys):
@@ -252,8 +266,18 @@ def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: W
         stacked[name] = kept["stacked", keys, live]
     ranks = {name: (v.dim() if isinstance(v, torch.Tensor) else -1) for name, v in env.items()}
     ranks.update({name: t.dim() - 1 for name, t in stacked.items()})
-    R = max(ranks.values(), default=0)
-    for name, t in stacked.items():
-        env[name] = t.reshape((n,) + (1,) * (R + 1 - t.dim()) + tuple(t.shape[1:]))  # [N, *shape] -> [N, 1, .., 1, *shape]
+    env.update(stacked)
     env.update({"d_vocab": float(arch.d_vocab), "d_model": float(arch.d_model), "d_head": float(arch.d_head), "d_mlp": float(arch.d_mlp)})
     return env, ranks
+
+
+def pad_group(env: dict[str, object], ranks: dict[str, int], n: int) -> dict[str, object]:
+    """``env`` of :func:`bind_group` (torch tensors or NumPy arrays) with each stacked atom padded to broadcast:
+    ``[N, *shape] -> [N, 1, ..., 1, *shape]``, rank ``R + 1`` for ``R`` the rank of the largest atom."""
+    R = max(max(ranks.values(), default=0), 0)
+    out = dict(env)
+    for name, rank in ranks.items():
+        v = env[name]
+        if rank >= 0 and v.ndim == rank + 1 and rank < R:  # stacked: the instance axis first
+            out[name] = v.reshape((n,) + (1,) * (R - rank) + tuple(v.shape[1:]))
+    return out

@@ -34,11 +34,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..numeric.bind import Unbindable
 from ..symbolic._compile import CompileError
-from ._bindings import bind_claim, bind_group
+from ._bindings import as_numpy, bind_claim, bind_group, pad_group
 
 __all__ = ["Measured", "errors", "evaluate_instances", "evaluate_comparisons"]
 
@@ -65,15 +66,15 @@ def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(index))
 
 
-def _leading(x: object, rank: int) -> torch.Tensor:
+def _leading(x: object, rank: int) -> np.ndarray:
     """``x`` with ``rank + 1`` axes: unchanged if it has the instance axis already, else ``[1, ..., 1, *shape]``."""
-    t = torch.as_tensor(x)
-    return t if t.dim() == rank + 1 else t.reshape((1,) * (rank + 1 - t.dim()) + tuple(t.shape))
+    t = as_numpy(x)
+    return t if t.ndim == rank + 1 else t.reshape((1,) * (rank + 1 - t.ndim) + t.shape)
 
 
-def _finite_max(t: torch.Tensor, n: int) -> torch.Tensor:
+def _finite_max(t: np.ndarray, n: int) -> np.ndarray:
     """``[n]``: the largest finite ``|t_i|`` of each instance (0 where there is none)."""
-    return t.abs().nan_to_num(nan=0.0, posinf=0.0).reshape(n, -1).amax(1)
+    return np.nan_to_num(np.abs(t), nan=0.0, posinf=0.0).reshape(n, -1).max(axis=1)
 
 
 def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
@@ -85,44 +86,47 @@ def errors(lhs: object, rhs: object, magnitude: object | None, n: int, rank: int
            natural: int) -> tuple[list[tuple[float, float]], Callable[[int], tuple[tuple[int, ...], tuple[int, ...]]]]:
     """``[(max abs error, relative error)]`` of each of ``n`` instances, and ``locate(i) -> (worst index, shape)``.
 
-    ``lhs``, ``rhs`` and ``magnitude`` have ``rank + 1`` axes (a leading instance axis
-    of size ``n``) or at most ``rank`` (the same for every instance); ``natural`` is the
-    rank of one instance's result, whose shape ``locate`` reports.
+    ``lhs``, ``rhs`` and ``magnitude`` (torch tensors or NumPy arrays) have ``rank + 1`` axes
+    (a leading instance axis of size ``n``) or at most ``rank`` (the same for every
+    instance); ``natural`` is the rank of one instance's result, whose shape ``locate`` reports.
     """
-    a, b = _leading(lhs, rank), _leading(rhs, rank)
+    with np.errstate(all="ignore"):  # inf - inf and inf * 0 (masked scores) are NaN by design, handled below
+        return _errors(_leading(lhs, rank), _leading(rhs, rank), magnitude, n, rank, natural)
+
+
+def _errors(a: np.ndarray, b: np.ndarray, magnitude: object | None, n: int, rank: int, natural: int):
     if a.dtype != b.dtype:
-        a, b = a.double(), b.double()
+        a, b = a.astype(np.float64), b.astype(np.float64)
     full = (n, *_broadcast(a.shape, b.shape)[1:])
     shape = full[len(full) - natural:] if natural else ()
     if 0 in full:
         return [(0.0, 0.0)] * n, lambda i: ((), shape)
-    diff = (a - b).abs()
+    diff = np.abs(a - b)
     m = _leading(magnitude, rank) if magnitude is not None else None
     # every entry finite (the common case): the maxima of |a - b|, |b| and |m| over each instance's entries, one reduction
     # each; a part without the instance axis (the same for every instance) has one maximum, which serves them all
     dims = tuple(range(1, rank + 1))
-    parts = [diff, b.abs()] + ([m.abs()] if m is not None else [])
-    maxima = [p.amax(dim=dims).tolist() if dims else p.reshape(-1).tolist() for p in parts]  # NaN and inf propagate
-    maxima = [row * n if len(row) == 1 and n > 1 else row for row in maxima]
+    parts = [diff, np.abs(b)] + ([np.abs(m)] if m is not None else [])
+    maxima = [(p.max(axis=dims) if dims else p.reshape(-1)).tolist() for p in parts]  # NaN and inf propagate
+    maxima = [row * n if len(row) < n else row for row in maxima]  # one maximum serves every instance
     if all(math.isfinite(v) for row in maxima for v in row):
         max_abs, scale = maxima[0], [max(s) for s in zip(*maxima[1:])]
-        worst = diff.expand(full)
 
         def locate(i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-            return _unravel(int(worst[i].argmax()), shape), shape
+            return _unravel(int(diff[i if len(diff) > 1 else 0].argmax()), shape), shape
     else:
-        a, b = a.expand(full), b.expand(full)
-        m = m.expand(full) if m is not None else None
+        a, b = np.broadcast_to(a, full), np.broadcast_to(b, full)
+        m = np.broadcast_to(m, full) if m is not None else None
         # NaN is an infinite error; equal entries agree, two infinities of the same sign (masked -inf scores) included
-        diff = torch.where(a == b, 0.0, (a - b).abs()).nan_to_num(nan=_INF, posinf=_INF)
-        scales = [diff.reshape(n, -1).amax(1), _finite_max(b, n)] + ([_finite_max(m, n)] if m is not None else [])
-        values = torch.stack(scales).tolist()
+        diff = np.nan_to_num(np.where(a == b, 0.0, np.abs(a - b)), nan=_INF, posinf=_INF)
+        scales = [diff.reshape(n, -1).max(axis=1), _finite_max(b, n)] + ([_finite_max(m, n)] if m is not None else [])
+        values = np.stack(scales).tolist()
         max_abs, scale = values[0], [max(s) for s in zip(*values[1:])]
 
         def locate(i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
             return _unravel(int(diff[i].argmax()), shape), shape
     if 0.0 in scale:  # nothing to measure against in rhs: the scale of lhs
-        scale = [s or a_s for s, a_s in zip(scale, _finite_max(a.expand(full), n).tolist())]
+        scale = [s or a_s for s, a_s in zip(scale, _finite_max(np.broadcast_to(a, full), n).tolist())]
     out = [(m, 0.0 if m == 0.0 else (m / s if s > 0 else _INF)) for m, s in zip(max_abs, scale)]
     return out, locate
 
@@ -144,9 +148,14 @@ def _measure(members, env: dict[str, object], ranks: dict[str, int], sides, out:
     compiled, (lhs_names, rhs_names) = sides
     rank = max(max(ranks.values(), default=0), 0)
     natural = max([0] + [ranks.get(name, 0) for name in lhs_names + rhs_names])  # one instance's result: the rank of its largest atom
-    with torch.inference_mode():  # the sides and their errors are this evaluation's own tensors: no autograd bookkeeping
-        lhs, rhs, mag = compiled.sides(env)
-        measured, locate = errors(lhs, rhs, mag, len(members), rank, natural)
+    n = len(members)
+    if compiled.sides.plain:  # products, sums, transposes, inverses: on NumPy arrays, a third of torch's cost per operation here
+        env = {name: v if type(v) is float else as_numpy(v) for name, v in env.items()}
+        lhs, rhs, mag = compiled.sides(pad_group(env, ranks, n) if n > 1 else env)
+    else:
+        with torch.inference_mode():  # opaque functions (softmax, activations, norms) are torch's; no autograd bookkeeping
+            lhs, rhs, mag = compiled.sides(pad_group(env, ranks, n) if n > 1 else env)
+    measured, locate = errors(lhs, rhs, mag, n, rank, natural)
     for k, ((pos, inst), (max_abs, rel)) in enumerate(zip(members, measured)):
         out[pos] = Measured(inst.label, inst.layer, inst.head, max_abs, rel, lambda k=k: locate(k))
 
@@ -193,7 +202,7 @@ def evaluate_instances(instances, ctx, live: bool) -> tuple[list[Measured], list
                 layers, heads = (torch.tensor(v) for v in zip(*((inst.layer, inst.head) for _, inst in members)))
                 stacks = {name: stack[layers, heads] for name, stack in stacks.items()}
             env, ranks = bind_group([inst.atoms for _, inst in members], ctx.arch, ctx.weights, ctx.trace,
-                                    given=[ctx.given] * len(members), per_instance=stacks, live=live)
+                                    given=ctx.given, per_instance=stacks, live=live)
             _measure(members, env, ranks, members[0][1].sides, out)
         except Exception:  # noqa: BLE001 - some instance cannot be bound or evaluated, or the tensors do not stack:
             _one_by_one(members, ctx, live, out, miss)  # one by one, each reported (or raising) as on its own

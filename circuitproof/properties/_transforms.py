@@ -17,7 +17,7 @@ import torch
 
 from ..arch import Arch
 from ..numeric import Weights, weight_shapes
-from ._bindings import gain
+from ._bindings import as_numpy, gain
 
 __all__ = ["gauge_matrices", "gauged_weights", "ablated_weights", "folded"]
 
@@ -126,16 +126,21 @@ def gauged_weights(arch: Arch, w: Weights, M: torch.Tensor, N: torch.Tensor) -> 
     def bias(name: str, heads: int) -> torch.Tensor:
         return w[name][:, :, None, :] if name in w else torch.zeros(L, heads, 1, Dh, dtype=dtype)
 
+    # the definitions are products and inverses only: evaluated on NumPy views (a third of torch's cost at these sizes)
     env = {names["W_Q"]: w.W_Q, names["W_K"]: w.W_K, names["W_V"]: w.W_V, names["W_O"]: w.W_O, names["b_Q"]: bias("b_Q", H),
            names["b_K"]: bias("b_K", K), names["b_V"]: bias("b_V", K)}
+    env = {name: as_numpy(value) for name, value in env.items()}
     M_q, N_q = (M, N) if arch.group_size == 1 else (M[:, kv], N[:, kv])  # per query head
+    M, N, M_q, N_q = (as_numpy(m) for m in (M, N, M_q, N_q))
+    device = w.W_Q.device
     out = {}
     # one program for each set of heads and gauge matrix: the weights of query heads (M or N per query head), of key/value heads
     for which, key, mats, names_ in (("gauge_qk", "M", M_q, ("W_Q", "b_Q")), ("gauge_qk", "M", M, ("W_K", "b_K")),
                                      ("gauge_ov", "N", N, ("W_V", "b_V")), ("gauge_ov", "N", N_q, ("W_O",))):
         wanted = tuple(n for n in names_ if n.startswith("W_") or n in w)
         for name, value in zip(wanted, _gauge_program(which, wanted)({**env, names[key]: mats})):
-            out[name] = value if name.startswith("W_") else value[:, :, 0, :]
+            value = torch.from_numpy(value if name.startswith("W_") else value[:, :, 0, :]).to(device)
+            out[name] = value
     return w.replace(**out)
 
 

@@ -73,7 +73,9 @@ def _x0(learned: bool, embed_norm: str, eps: float) -> tuple[Instance, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _additive(kind: str, L: int) -> tuple[Instance, ...]:
-    return tuple(Instance(f"residual.additive[l={l}]", ce.additive_at(kind, l), layer=l) for l in range(L))
+    """Every layer's instance of one derivation with symbolic ``l`` (evaluated together, measured layer by layer)."""
+    identity = ce.additive_at(kind, ce.L_IDX)
+    return tuple(Instance(f"residual.additive[l={l}]", identity, layer=l) for l in range(L))
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,7 +85,9 @@ def _expansion(kind: str, L: int) -> tuple[Instance, ...]:
 
 @functools.lru_cache(maxsize=64)
 def _head_sum(L: int, H: int) -> tuple[Instance, ...]:
-    return tuple(Instance(f"attention.head_sum[l={l}]", head_sum(H, l, o_bias=True), layer=l) for l in range(L))
+    """Every layer's instance of one derivation with symbolic ``l`` (evaluated together, measured layer by layer)."""
+    identity = head_sum(H, ce.L_IDX, o_bias=True)
+    return tuple(Instance(f"attention.head_sum[l={l}]", identity, layer=l) for l in range(L))
 
 
 @functools.lru_cache(maxsize=32)

@@ -14,7 +14,7 @@ MatrixSymbol ``n``          ``env[n]``
 MatAdd                      ``a + b + ...``
 MatMul (scalar c, factors)  ``c * (f1 @ f2 @ ...)``
 Transpose                   ``t.mT``
-Inverse                     ``t.inverse()``
+Inverse                     ``t.inverse()`` (a NumPy array: ``numpy.linalg.inv``)
 HadamardProduct             ``a * b``
 ZeroMatrix                  ``0``
 Symbol ``s`` / Number       ``env[s]`` / ``float``
@@ -85,6 +85,7 @@ class _Writer:
     lines: list[str] = field(default_factory=list)
     namespace: dict[str, object] = field(default_factory=dict)  # the opaque functions the lines call
     memo: dict[tuple[str, sp.Basic], str] = field(default_factory=dict)  # ("v" | "m", node) -> its variable or literal
+    plain: bool = True  # no opaque function: only operators, .mT and inverses, which NumPy arrays evaluate as torch tensors do
 
     def emit(self, code: str) -> str:
         name = f"t{len(self.lines)}"
@@ -120,6 +121,7 @@ class _Writer:
         opaque = _opaque(expr)
         if opaque is not None:
             fn, arg = opaque[0](expr)
+            self.plain = False
             return self.emit(f"{self.function(fn)}({self.value(arg)})")
         if isinstance(expr, (sp.MatAdd, sp.Add)):
             return self.emit(" + ".join(self.value(a) for a in expr.args))
@@ -130,7 +132,7 @@ class _Writer:
         if isinstance(expr, sp.Transpose):
             return self.emit(f"{self.value(expr.arg)}.mT")
         if isinstance(expr, sp.Inverse):
-            return self.emit(f"{self.value(expr.arg)}.inverse()")
+            return self.emit(f"{self.function(_inverse)}({self.value(expr.arg)})")
         if isinstance(expr, sp.Pow) and expr.exp == -1:
             return self.emit(f"1.0 / {self.value(expr.base)}")
         raise CompileError(f"cannot compile {type(expr).__name__} node {expr}")
@@ -166,13 +168,24 @@ class _Writer:
         return self.emit(f"abs({self.value(expr)})")
 
 
+def _inverse(t):
+    """``t^{-1}`` over the last two axes: ``t.inverse()`` for a torch tensor, ``numpy.linalg.inv`` for a NumPy array."""
+    inverse = getattr(t, "inverse", None)
+    if inverse is not None:
+        return inverse()
+    import numpy
+
+    return numpy.linalg.inv(t)
+
+
 _PROGRAMS = itertools.count()
 
 
 def compile_program(values: Sequence[sp.Basic], magnitudes: Sequence[sp.Basic] = ()) -> Callable[[Mapping[str, object]], tuple]:
     """``f(env) -> (value of each of values..., magnitude of each of magnitudes...)``, every distinct node computed once.
 
-    Raises :class:`CompileError` for a node it does not know (when compiling) and for an
+    ``f.plain`` is True when no opaque function occurs: ``f`` then evaluates NumPy arrays as
+    well as torch tensors (operators, ``.mT`` and inverses only). Raises :class:`CompileError` for a node it does not know (when compiling) and for an
     atom missing from ``env`` (when evaluating).
     """
     writer = _Writer()
@@ -189,6 +202,7 @@ def compile_program(values: Sequence[sp.Basic], magnitudes: Sequence[sp.Basic] =
             raise CompileError(f"no tensor bound to atom {err.args[0]!r}; bound: {sorted(env)}") from None
 
     evaluate.source = source  # what was compiled, for a reader
+    evaluate.plain = writer.plain  # True: evaluates NumPy arrays as well as torch tensors (no opaque function)
     return evaluate
 
 

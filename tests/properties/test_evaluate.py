@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from circuitproof import Arch
 from circuitproof.numeric import run
 from circuitproof.properties import _evaluate
-from circuitproof.properties._bindings import bind_claim, bind_group
+from circuitproof.properties._bindings import bind_claim, bind_group, pad_group
 from circuitproof.properties._claim import Context
 from circuitproof.properties._evidence import PASS
 from circuitproof.properties.claims import CLAIMS
@@ -126,7 +126,8 @@ def test_a_group_binds_shared_atoms_once_and_stacks_the_rest():
     model, toks = Model(arch, seed=1), torch.tensor([[1, 2, 3], [3, 2, 1]])
     trace = model.trace(toks)
     instances = CLAIMS["attention.ov_circuit"].instances(arch)
-    env, ranks = bind_group([i.atoms for i in instances], arch, model.weights, trace, given=[{}] * 3)
+    env, ranks = bind_group([i.atoms for i in instances], arch, model.weights, trace)
+    env = pad_group(env, ranks, len(instances))
     singles = [bind_claim(i.atoms, arch, model.weights, dataclasses.replace(trace)) for i in instances]
     for name in instances[0].atoms:
         values = [s[name] for s in singles]
