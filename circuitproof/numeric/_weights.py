@@ -179,10 +179,11 @@ class Weights(Mapping[str, torch.Tensor]):
         Draws depend only on (arch, seed, name): adding a feature never changes
         the other tensors.
         """
-        tensors = {}
+        tensors, gen = {}, torch.Generator()
         for name, shape in weight_shapes(arch).items():
-            gen = torch.Generator().manual_seed(_stable_hash(f"{seed}:{name}"))
-            tensors[name] = _draw(name, shape, gen, arch).to(dtype)
+            gen.manual_seed(_stable_hash(f"{seed}:{name}"))  # each tensor's stream restarts from its own seed
+            t = _draw(name, shape, gen, arch)
+            tensors[name] = t if dtype == torch.float64 else t.to(dtype)
         return cls(arch, tensors)
 
     # -------------------------------------------------------------- save/load

@@ -50,9 +50,13 @@ def norm(arch: Arch, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, s
     the variance biased (divide by n). Shapes: x [..., n], w and b [n].
     ``scale`` [..., 1], if given, is the divisor frozen (e.g. at another run's), not computed from x.
     """
-    centred = x - x.mean(-1, keepdim=True) if arch.norm == "layernorm" else x
+    if arch.norm == "layernorm":
+        var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)  # the biased variance: mean((x - mean)^2)
+        centred = x - mean
+    else:
+        var, centred = (x.pow(2).mean(-1, keepdim=True) if scale is None else None), x  # RMSNorm: mean(x^2)
     if scale is None:
-        scale = (centred.pow(2).mean(-1, keepdim=True) + arch.norm_eps).sqrt()
+        scale = (var + arch.norm_eps).sqrt()
     gain = 1 + w if arch.norm_gain == "one_plus_w" else w
     out = centred / scale * gain
     if b is not None:

@@ -8,9 +8,9 @@ transformers model of a family built through the adapters). Every strategy is
 lazy, takes keyword-only bounds with small defaults, validates them on the first
 draw with ``name=value`` messages, and has a ``repr`` that reproduces the call.
 
-Shrinking: ``archs`` draws the numbers of layers, heads and groups and ``d_head`` as
-integers and one byte string of fixed length, a byte for each other choice, and reads
-each of those choices off its byte monotonically (byte 0 is the simplest: the first
+Shrinking: ``archs`` draws the numbers of key/value heads and of query heads per
+group as integers and one byte string of fixed length, a byte for each other choice,
+and reads each of those choices off its byte monotonically (byte 0 is the simplest: the first
 option of a list ordered simplest first, a size's lower bound; the on/off switches are
 the bits of three bytes, off = 0). Hypothesis shrinks the bytes of a string one by one
 toward 0, so a failing example shrinks toward one layer, one head, the smallest
@@ -18,8 +18,8 @@ dimensions and the fewest features on; ``models`` shrinks its target toward the
 reference and its seed toward 0.
 
 Speed: every draw costs tens of microseconds in Hypothesis, so strategies are built
-once and reused and an architecture is five draws (four sizes and one byte string for
-the other 18 choices), not 22; a :class:`Model` (``properties/_model.py``) keeps the
+once and reused and an architecture is three draws (two head counts and one byte
+string for the other 20 choices), not 22; a :class:`Model` (``properties/_model.py``) keeps the
 traces of the tokens it ran, so that checking every claim (:meth:`Model.check_all`)
 runs the forward pass once.
 """
@@ -49,10 +49,10 @@ _OPTIONS = {"rotary_base": (10000.0, 100.0), "rotary_style": ("half", "interleav
             "norm_gain": ("w", "one_plus_w"), "embed_scale": (1.0, 2.0)}  # two-way choices, the simplest first
 _FLAGS = ("attn_only", "parallel", "final_norm", "embed_norm", "parallel_shared_norm", "unembed_transform", "gated", "mlp_bias",
           "_sliding", "_bidirectional", "q_bias", "k_bias", "v_bias", "o_bias", "tied", "unembed_bias", *_OPTIONS)
-# the choices archs reads off its byte string, a byte each (a size wider than a byte is drawn on its own); the sizes that
-# trade against each other (heads = key/value heads x group; d_head, which rotary rounds to even) are integer choices of
-# their own, which Hypothesis' shrinker lowers and raises in pairs
-_CHOICES = ("positional", "_rotary_half", "_switches0", "_switches1", "_switches2",
+# the choices archs reads off its byte string, a byte each (a size wider than a byte is drawn on its own); the two sizes
+# that trade against each other (heads = key/value heads x group) are integer choices of their own, which Hypothesis'
+# shrinker lowers and raises in pairs (within one byte string it only lowers bytes one by one)
+_CHOICES = ("n_layers", "d_head", "positional", "_rotary_half", "_switches0", "_switches1", "_switches2",
             "norm", "norm_placement", "qk_norm", "d_mlp", "act", "_sliding_mask", "sliding_window", "d_model", "d_vocab", "_n_ctx_half",
             "attn_scale", "attn_softcap", "logit_softcap")
 _CHOICE_BYTES = st.binary(min_size=len(_CHOICES), max_size=len(_CHOICES))
@@ -93,8 +93,8 @@ def archs(
     produced (parallel blocks are pre-norm, post-norm has no final norm, ...).
     Shrinks toward ``Arch(d_model=2, d_head=1, d_mlp=1, d_vocab=2, n_ctx=2,
     positional='none', norm='none', act='relu', mlp_bias=False)``: one layer, one
-    head, the smallest dimensions, the fewest features on. The depth, heads, group
-    and ``d_head`` are integer choices; every other field's choice is a
+    head, the smallest dimensions, the fewest features on. The key/value heads and
+    the group are integer choices; every other field's choice is a
     byte of one drawn byte string, read whether or not the architecture uses it (an
     attention-only model ignores its MLP's), so the choices never depend on each
     other's values and Hypothesis' shrinker lowers each byte alone. A size wider than
@@ -133,7 +133,7 @@ def archs(
 
     # sizes and heads: the group is clamped so that n_heads <= max_heads
     byte = dict(zip(_CHOICES, draw(_CHOICE_BYTES)))
-    n_layers = fixed["n_layers"] if "n_layers" in fixed else draw(_ints(1, max_layers))
+    n_layers = size("n_layers", 1, max_layers)
     n_kv_heads = fixed["n_kv_heads"] if "n_kv_heads" in fixed else draw(_ints(1, max_heads))
     group = fixed["_group"] if "_group" in fixed else draw(_ints(1, max_heads))
     group = max(1, min(group, max_heads // n_kv_heads))
@@ -141,7 +141,7 @@ def archs(
     if n_heads % n_kv_heads:
         n_kv_heads = n_heads
     positional = pick("positional", _POSITIONAL)
-    d_head = fixed["d_head"] if "d_head" in fixed else draw(_ints(1, max_d_head))
+    d_head = size("d_head", 1, max_d_head)
     if positional == "rotary" and "d_head" not in fixed:
         d_head = 2 * max(1, d_head // 2)  # rotary rotates pairs
     rotary_half = size("_rotary_half", 0, max_d_head // 2)  # rotary_dim / 2; 0 means the whole head
