@@ -21,7 +21,8 @@ forward pass ``model(input_ids)`` of the same built models.
 
 Each figure is the best of ``--repeat`` timed passes (the machine may be shared:
 the best pass is the least disturbed one), wall clock and, beside it, the process'
-CPU time. A warm-up pass over the same examples comes first, untimed: it compiles
+CPU time. The workload line gives the mean size of the drawn examples: how much
+work an architecture is depends on what the strategies draw. A warm-up pass over the same examples comes first, untimed: it compiles
 the symbolic identities the examples meet (sympy, once per process) and imports.
 """
 
@@ -86,6 +87,17 @@ def _row(name: str, timing: tuple[float, float, int], floor: float | None, floor
     return f"  {name:<30}{1e3 * wall / k:>9.2f}{k / wall:>10.1f}{k / cpu:>10.1f}{ratio}"
 
 
+def _workload(drawn) -> str:
+    """The mean size of the drawn examples: a speed is only comparable on a like workload (the strategies decide it)."""
+    def mean(f) -> float:
+        return sum(f(a, t) for a, _, t in drawn) / len(drawn)
+
+    return (f"n_layers {mean(lambda a, t: a.n_layers):.2f}, n_heads {mean(lambda a, t: a.n_heads):.2f}, "
+            f"d_model {mean(lambda a, t: a.d_model):.1f}, d_head {mean(lambda a, t: a.d_head):.2f}, "
+            f"batch {mean(lambda a, t: t.shape[0]):.2f}, positions {mean(lambda a, t: t.shape[1]):.2f}, "
+            f"attention-only {mean(lambda a, t: a.attn_only):.2f}")
+
+
 def reference(n: int, repeat: int) -> float:
     """Print the reference's figures; return archs/s of the full check (wall)."""
     from circuitproof.numeric import run
@@ -111,6 +123,7 @@ def reference(n: int, repeat: int) -> float:
     k = t_full[2]
     counts = ", ".join(f"{c // repeat} {v}" for v, c in sorted(verdicts.items()))
     print(f"\nreference: {k} examples, {len(claims)} claims each ({counts})")
+    print("  workload (means over the examples): " + _workload(drawn))
     print(f"  {'step':<30}{'ms/arch':>9}{'archs/s':>10}{'(CPU)':>10}{'x forward':>10}")
     for name, timing in (("draw (Hypothesis)", t_draw), ("draw + weights + forward", t_fwd), ("full: + every claim", t_full),
                          ("forward alone (the floor)", t_floor)):
