@@ -2,10 +2,11 @@
 
 ``compile_expr(expr)`` returns ``f(env)``: ``env`` maps each atom's name to an
 array whose last two axes are the atom's matrix axes; any leading axes (batch)
-broadcast. Only Python operators and array methods are used (``@``, ``+``, ``*``,
-``.mT``, ``.inverse()``), so the symbolic layer never imports torch: the same
-function evaluates torch tensors in the numeric layer. ``lambdify`` is not used
-because its torch printer handles 2-D matrices only.
+broadcast. Only Python operators, ``.mT`` and an inverse are used, besides the
+registered opaque functions, so the symbolic layer never imports torch: the same
+function evaluates torch tensors and, when no opaque function occurs
+(``f.plain``), NumPy arrays. ``lambdify`` is not used because its torch printer
+handles 2-D matrices only.
 
 =========================== ==============================
 sympy node                  evaluated as
