@@ -14,6 +14,7 @@ from ...arch import Arch
 from .._trace import NormTrace, Trace
 from .._weights import Weights
 from ._base import AdapterError, Recorder, check_shape, require
+from ._hooked import z_trace
 
 __all__ = ["ACTS", "ACT_NAMES", "LlamaLayout", "assemble", "hook_layers", "hook_norm", "norm_trace", "read_act", "read_layers",
            "read_unembed", "rope_theta", "stack_layers", "write_layers"]
@@ -118,32 +119,10 @@ def hook_norm(rec: Recorder, module: torch.nn.Module, slot: str) -> None:
 
 def assemble(arch: Arch, w: Weights, tokens: torch.Tensor, rec: Recorder, logits: torch.Tensor, norms: dict[str, NormTrace]) -> Trace:
     """The Trace from what :func:`hook_layers` recorded (head outputs from the recorded z and W_O)."""
-    B, P = tokens.shape
-    H, K, Dh = arch.n_heads, arch.n_kv_heads, arch.d_head
-    z = rec.stack("z").view(arch.n_layers, B, P, H, Dh)  # [L, B, P, H*Dh] -> [L, B, P, H, Dh], head-major
-    head_out = torch.einsum("lbphe,lhed->lbphd", z, w.W_O.to(z.dtype))  # head_{l,h} = z_h W_O[l, h]
-    return Trace(
-        arch=arch,
-        tokens=tokens,
-        embed=rec.last("embed"),
-        resid_pre=rec.stack("resid_pre"),
-        resid_mid=rec.stack("resid_mid"),
-        resid_post=rec.stack("resid_post"),
-        q=None,  # rotary is applied by a function inside the attention forward: not observable by hooks
-        k=None,
-        v=rec.stack("v").view(arch.n_layers, B, P, K, Dh),
-        scores=None,
-        pattern=rec.stack("pattern"),
-        z=z,
-        head_out=head_out,
-        attn_out=rec.stack("attn_out"),
-        mlp_pre=rec.stack("mlp_pre"),
-        mlp_post=rec.stack("mlp_post"),
-        mlp_out=rec.stack("mlp_out"),
-        logits_raw=rec.last("logits_raw"),
-        logits=logits,
-        norms=norms,
-    )
+    v = rec.stack("v").unflatten(-1, (arch.n_kv_heads, arch.d_head))  # [L, B, P, K * Dh] -> [L, B, P, K, Dh]
+    # q, k, scores: rotary is applied by a function inside the attention forward, not observable by hooks
+    W_O = w.W_O.to(rec.last("z").dtype)
+    return z_trace(arch, tokens, rec, logits, W_O, norms, rec.stack("resid_mid"), v=v, logits_raw=rec.last("logits_raw"))
 
 
 def rope_theta(name: str, config: object) -> float:

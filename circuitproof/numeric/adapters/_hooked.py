@@ -1,4 +1,5 @@
-"""Reading, tracing and building helpers for families whose heads are seen only through ``z`` (GPT-NeoX, GPT-J).
+"""Reading, tracing and building helpers for families whose heads are seen only through ``z`` (GPT-NeoX, GPT-J; the
+Llama-like families' traces through ``_decoder.assemble``).
 
 Their attention forward does rotary and the scores inside one module, so a trace
 records ``v`` and ``z`` (the input of the output projection) and computes each head's
@@ -70,11 +71,12 @@ def unembedding(get, model: torch.nn.Module, arch: Arch, embed: torch.Tensor, em
 
 
 def z_trace(arch: Arch, tokens: torch.Tensor, rec: Recorder, logits: torch.Tensor, W_O: torch.Tensor, norms: dict[str, NormTrace],
-            resid_mid: torch.Tensor | None) -> Trace:
+            resid_mid: torch.Tensor | None, *, v: torch.Tensor | None = None, logits_raw: torch.Tensor | None = None) -> Trace:
     """The Trace of a recorded forward pass (the module's standard keys); ``W_O`` ``[L, H, Dh, D]`` as the model holds it.
 
     ``z`` ``[L, B, P, H, Dh]`` is the recorded concatenation split by head and
     ``head_out[l, :, :, h] = z_h W_O[l, h]`` ``[L, B, P, H, D]``: the write of each head.
+    ``v`` defaults to the recorded ``v``, ``logits_raw`` (before any softcap) to ``logits``.
     """
     z = rec.stack("z").unflatten(-1, (arch.n_heads, arch.d_head))  # [L, B, P, H * Dh] -> [L, B, P, H, Dh]
     return Trace(
@@ -86,7 +88,7 @@ def z_trace(arch: Arch, tokens: torch.Tensor, rec: Recorder, logits: torch.Tenso
         resid_post=rec.stack("resid_post"),
         q=None,
         k=None,
-        v=rec.stack("v"),
+        v=rec.stack("v") if v is None else v,
         scores=None,
         pattern=rec.stack("pattern"),
         z=z,
@@ -95,7 +97,7 @@ def z_trace(arch: Arch, tokens: torch.Tensor, rec: Recorder, logits: torch.Tenso
         mlp_pre=rec.stack("mlp_pre"),
         mlp_post=rec.stack("mlp_post"),
         mlp_out=rec.stack("mlp_out"),
-        logits_raw=logits,
+        logits_raw=logits if logits_raw is None else logits_raw,
         logits=logits,
         norms=norms,
     )
