@@ -1,6 +1,8 @@
 """How many random architectures a second get the whole claims catalogue checked, on one core.
 
 Run: python benchmarks/claims_per_second.py [--examples 400] [--family-examples 12] [--repeat 3]
+     python benchmarks/claims_per_second.py --save-workload FILE     (draw the examples once)
+     PYTHONPATH=CHECKOUT python benchmarks/claims_per_second.py --workload FILE   (time a version of the code on them)
 
 One process, one torch thread, Hypothesis with the ci profile's settings
 (derandomized, no database, no deadline): the same examples every run. For the
@@ -163,12 +165,65 @@ def families(names: list[str], n: int, repeat: int) -> None:
     print(_row("all families", (total_wall, total_cpu, total_k), None))
 
 
+# ------------------------------------------------------------------ a fixed workload
+def save_workload(path: str, n: int) -> None:
+    """Draw ``n`` reference examples as the ci profile does and write them to ``path`` (JSON: Arch fields, seed, tokens)."""
+    import dataclasses
+    import json
+
+    from circuitproof.properties.strategies import models
+
+    drawn = []
+    _given(models("reference"), lambda m, t: drawn.append((m.arch, m.seed, t)), n)
+    rows = [{"arch": dataclasses.asdict(a), "seed": seed, "tokens": t.tolist()} for a, seed, t in drawn]
+    with open(path, "w") as f:
+        json.dump(rows, f)
+    print(f"\nwrote {len(rows)} examples to {path}; workload: {_workload(drawn)}")
+
+
+def fixed_workload(path: str, repeat: int) -> None:
+    """Weights, trace and every claim on the examples of ``path``, no drawing: a speed that compares code, not strategies.
+
+    Only the ``circuitproof`` on the path is timed, so ``PYTHONPATH=<another checkout> python benchmarks/claims_per_second.py
+    --workload FILE`` times another version of the code on the same examples.
+    """
+    import json
+
+    import circuitproof
+    from circuitproof import Arch
+    from circuitproof.properties.claims import CLAIMS
+    from circuitproof.properties.strategies import Model
+
+    with open(path) as f:
+        rows = json.load(f)
+    drawn = []
+    for row in rows:
+        fields = dict(row["arch"])
+        if fields.get("sliding_layers") is not None:
+            fields["sliding_layers"] = tuple(fields["sliding_layers"])
+        drawn.append((Arch(**fields), row["seed"], torch.tensor(row["tokens"])))
+    claims = list(CLAIMS.values())
+
+    def check(arch, seed, toks):
+        model = Model(arch, seed)
+        _check_all(model, claims, toks)
+
+    _loop(drawn, check)  # warm-up: every identity these examples meet compiled once
+    timing = _best([_loop(drawn, check) for _ in range(repeat)])
+    print(f"\nfixed workload {path}: {len(drawn)} examples ({_workload(drawn)})")
+    print(f"  circuitproof from {os.path.dirname(circuitproof.__file__)}")
+    print(f"  {'step':<30}{'ms/arch':>9}{'archs/s':>10}{'(CPU)':>10}")
+    print(_row("weights + forward + every claim", timing, None))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=400, help="reference examples (default 400)")
     parser.add_argument("--family-examples", type=int, default=12, help="examples per transformers family (default 12; 0 skips)")
     parser.add_argument("--families", default="gpt2,bert,llama,qwen2,gpt_neox,gptj,gemma2,olmo2")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per figure, the best reported (default 3)")
+    parser.add_argument("--save-workload", metavar="FILE", help="draw --examples reference examples, write them to FILE, and stop")
+    parser.add_argument("--workload", metavar="FILE", help="time only weights, forward and every claim on FILE's examples")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import hypothesis
@@ -177,6 +232,12 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread; hypothesis {hypothesis.__version__}; python {platform.python_version()}")
     print(f"figures: the best of {args.repeat} passes; archs/s by the wall clock and, in brackets, by the process' CPU time")
+    if args.save_workload:
+        save_workload(args.save_workload, args.examples)
+        return
+    if args.workload:
+        fixed_workload(args.workload, args.repeat)
+        return
     reference(args.examples, args.repeat)
     if args.family_examples:
         try:
