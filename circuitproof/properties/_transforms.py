@@ -1,11 +1,13 @@
-"""The weight transformations of the claims that run the model twice: gauge, ablation, folding.
+"""The weight transformations of the claims that run the model twice (gauge, folding), and a head's ablation by weights.
 
 Each transformation's formula is the symbolic layer's: the gauge's primed weights
 are the definitions of ``claims_extra.gauge_scores``/``gauge_ov``, the folded weights
 those of ``norms.fold_layernorm``/``fold_rmsnorm`` and the centred unembedding those
 of ``norms.centre_unembedding``, compiled and evaluated on whole weight stacks at once
 (leading layer and head axes broadcast through ``@``). Only the choice of the gauge
-matrices and which tensors to zero are made here.
+matrices and which tensors to zero are made here. ``ablated_weights`` zeroes a head's
+``W_O`` rows: the weight route that tests compare ``ablation.direct_effect``'s hook
+ablation (``interventions.run_replaced_each``) with.
 """
 
 from __future__ import annotations
