@@ -88,10 +88,15 @@ def rotary(arch: Arch, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
     where ``(a, b)`` are coordinates ``(k, k + r/2)`` ("half") or ``(2k, 2k+1)``
     ("interleaved"). Shapes: x [B, P, heads, Dh], positions [P].
     """
+    return _rotate(arch, x, tuple(positions.tolist()))
+
+
+def _rotate(arch: Arch, x: torch.Tensor, positions: tuple[int, ...]) -> torch.Tensor:
+    """:func:`rotary` with the positions as a tuple of ints (the forward pass's ``0 .. P-1``, without a tensor)."""
     r = arch.rotary_dims
     if r == 0:
         return x
-    cos, sin = _rotary_table(r, arch.rotary_base, tuple(positions.tolist()), x.dtype)  # [1, P, 1, r/2] each
+    cos, sin = _rotary_table(r, arch.rotary_base, positions, x.dtype)  # [1, P, 1, r/2] each
     rot, rest = x[..., :r], x[..., r:]
     if arch.rotary_style == "half":
         a, b = rot[..., : r // 2], rot[..., r // 2 :]
@@ -108,9 +113,10 @@ def _rotary_table(r: int, base: float, positions: tuple[int, ...], dtype: torch.
 
     Shapes ``[1, P, 1, r/2]``, to broadcast over batch and heads. Kept: read-only.
     """
-    inv_freq = base ** (-torch.arange(0, r, 2, dtype=torch.float64) / r)  # [r/2]
-    theta = torch.tensor(positions, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [P, r/2]
-    return theta.cos().to(dtype)[None, :, None, :], theta.sin().to(dtype)[None, :, None, :]  # [1, P, 1, r/2]
+    with torch.inference_mode(False):  # kept tensors are ordinary ones, whatever mode the first caller ran in
+        inv_freq = base ** (-torch.arange(0, r, 2, dtype=torch.float64) / r)  # [r/2]
+        theta = torch.tensor(positions, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [P, r/2]
+        return theta.cos().to(dtype)[None, :, None, :], theta.sin().to(dtype)[None, :, None, :]  # [1, P, 1, r/2]
 
 
 def attention_mask(arch: Arch, layer: int, n_pos: int) -> torch.Tensor:
@@ -121,18 +127,27 @@ def attention_mask(arch: Arch, layer: int, n_pos: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=256)
 def _mask(causal: bool, window: int | None, n_pos: int) -> torch.Tensor:
     """:func:`attention_mask` for a causal switch, a window (None: none) and ``n_pos`` positions (kept: read-only)."""
-    i = torch.arange(n_pos)[:, None]
-    j = torch.arange(n_pos)[None, :]
-    allowed = j <= i if causal else torch.ones(n_pos, n_pos, dtype=torch.bool)
-    if window is not None:
-        allowed = allowed & ((i - j).abs() < window)
-    return allowed
+    with torch.inference_mode(False):  # kept tensors are ordinary ones, whatever mode the first caller ran in
+        i = torch.arange(n_pos)[:, None]
+        j = torch.arange(n_pos)[None, :]
+        allowed = j <= i if causal else torch.ones(n_pos, n_pos, dtype=torch.bool)
+        if window is not None:
+            allowed = allowed & ((i - j).abs() < window)
+        return allowed
+
+
+@functools.lru_cache(maxsize=64)
+def _kv_of_head(n_heads: int, group: int) -> torch.Tensor:
+    """``[H]``: the key/value head each query head reads, ``h // group`` (kept: read-only)."""
+    with torch.inference_mode(False):  # kept: an ordinary tensor, whatever mode the first caller ran in
+        return torch.arange(n_heads) // group
 
 
 @functools.lru_cache(maxsize=256)
 def _blocked(causal: bool, window: int | None, n_pos: int) -> torch.Tensor:
     """``~_mask(...)``: True where query i may not attend to key j (kept: read-only, for the forward pass's masked_fill)."""
-    return ~_mask(causal, window, n_pos)
+    with torch.inference_mode(False):  # kept: an ordinary tensor, whatever mode the first caller ran in
+        return ~_mask(causal, window, n_pos)
 
 
 # ----------------------------------------------------------------- sublayers
@@ -154,15 +169,27 @@ def _ln(arch: Arch, w: Weights, slot: str, layer: int | None, x: torch.Tensor) -
     return norm(arch, x, weight, bias)
 
 
-def _per_head(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """``x W[h]`` for every head ``h``: x [B, P, D], W [heads, D, Dh] -> [B, P, heads, Dh], as one product.
+def _projections(arch: Arch, w: Weights, rec: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every layer's query, key and value maps side by side, ``[L, D, (H + 2K) Dh]``, and their biases ``[L, H + 2K, Dh]``.
 
-    The heads' maps side by side, ``[D, heads * Dh]``, so that column block ``h`` of
-    ``x [W_0 | W_1 | ...]`` is ``x W_h``.
+    Column block ``n`` of ``x [W_Q[l, 0] | ... | W_K[l, 0] | ... | W_V[l, 0] | ...]`` is
+    ``x`` times the ``n``-th map: the queries, keys and values of every head in one
+    product. Biases the Arch lacks are zero blocks (None if it has none). Built once
+    per forward pass and kept in ``rec``.
     """
-    n, D, Dh = W.shape
-    side_by_side = W.transpose(0, 1).reshape(D, n * Dh)  # [heads, D, Dh] -> [D, heads * Dh]
-    return (x @ side_by_side).unflatten(-1, (n, Dh))  # [B, P, heads * Dh] -> [B, P, heads, Dh]
+    kept = rec.get("_projections")
+    if kept is None:
+        L, D, Dh = arch.n_layers, arch.d_model, arch.d_head
+        maps = torch.cat([w.W_Q, w.W_K, w.W_V], dim=1)  # [L, H + 2K, D, Dh]
+        side_by_side = maps.transpose(1, 2).reshape(L, D, -1)  # [L, D, (H + 2K) Dh]
+        biases = None
+        if arch.q_bias or arch.k_bias or arch.v_bias:
+            H, K = arch.n_heads, arch.n_kv_heads
+            parts = [w.b_Q if arch.q_bias else w.W_Q.new_zeros(L, H, Dh), w.b_K if arch.k_bias else w.W_Q.new_zeros(L, K, Dh),
+                     w.b_V if arch.v_bias else w.W_Q.new_zeros(L, K, Dh)]
+            biases = torch.cat(parts, dim=1)  # [L, H + 2K, Dh]
+        kept = rec["_projections"] = (side_by_side, biases)
+    return kept
 
 
 def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, edit: Edit | None = None) -> torch.Tensor:
@@ -171,16 +198,12 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, e
     ``edit("head_out", layer, head_out)`` may replace the per-head writes [B, P, H, D] before they are summed.
     """
     B, P, _ = x.shape
-    l = layer
-    q = _per_head(x, w.W_Q[l])  # [B, P, H, Dh]
-    k = _per_head(x, w.W_K[l])  # [B, P, K, Dh]
-    v = _per_head(x, w.W_V[l])  # [B, P, K, Dh]
-    if arch.q_bias:
-        q = q + w.b_Q[l]
-    if arch.k_bias:
-        k = k + w.b_K[l]
-    if arch.v_bias:
-        v = v + w.b_V[l]
+    l, H, K = layer, arch.n_heads, arch.n_kv_heads
+    maps, biases = _projections(arch, w, rec)
+    qkv = (x @ maps[l]).unflatten(-1, (H + 2 * K, arch.d_head))  # [B, P, (H + 2K) Dh] -> [B, P, H + 2K, Dh]
+    if biases is not None:
+        qkv = qkv + biases[l]  # q = x W_Q + b_Q, k = x W_K + b_K, v = x W_V + b_V
+    q, k, v = qkv[:, :, :H], qkv[:, :, H : H + K], qkv[:, :, H + K :]  # [B, P, H, Dh], [B, P, K, Dh], [B, P, K, Dh]
     if arch.qk_norm == "all_heads":
         nq = _ln(arch, w, "q", l, q.flatten(-2))  # over all heads' concatenated queries
         nk = _ln(arch, w, "k", l, k.flatten(-2))
@@ -193,19 +216,23 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, e
         rec.setdefault("norm.q", []).append(nq)
         rec.setdefault("norm.k", []).append(nk)
     if arch.rotary_dims:
-        positions = torch.arange(P)
-        q, k = rotary(arch, q, positions), rotary(arch, k, positions)
+        if arch.qk_norm == "none":  # queries and keys side by side: one rotation
+            qk = _rotate(arch, qkv[:, :, : H + K], tuple(range(P)))
+            q, k = qk[:, :, :H], qk[:, :, H:]
+        else:
+            q, k = _rotate(arch, q, tuple(range(P))), _rotate(arch, k, tuple(range(P)))
 
     k_h, v_h = k, v  # [B, P, H, Dh]: query head h reads kv head h // group
     if arch.group_size > 1:
-        kv_of_head = torch.arange(arch.n_heads) // arch.group_size
+        kv_of_head = _kv_of_head(arch.n_heads, arch.group_size)
         k_h, v_h = k[:, :, kv_of_head], v[:, :, kv_of_head]
     scores = (q.transpose(1, 2) @ k_h.permute(0, 2, 3, 1)) * arch.scale  # [B, H, P_q, Dh] @ [B, H, Dh, P_k] -> [B, H, P_q, P_k]
     scores = softcap(scores, arch.attn_softcap)
     blocked = _blocked(arch.causal, arch.sliding_window if arch.is_sliding(l) else None, P)  # ~attention_mask(arch, l, P)
     pattern = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1)  # rows sum to 1
-    z = (pattern @ v_h.transpose(1, 2)).transpose(1, 2)  # [B, H, P, Dh] -> [B, P, H, Dh]: z_i = sum_j A_ij v_j
-    head_out = (z.transpose(1, 2) @ w.W_O[l]).transpose(1, 2)  # [B, H, P, Dh] @ [H, Dh, D] -> [B, P, H, D]: head_h = z_h W_O[h]
+    z_by_head = pattern @ v_h.transpose(1, 2)  # [B, H, P, Dh]: z_i = sum_j A_ij v_j
+    z = z_by_head.transpose(1, 2)  # [B, P, H, Dh]
+    head_out = (z_by_head @ w.W_O[l]).transpose(1, 2)  # [B, H, P, Dh] @ [H, Dh, D] -> [B, P, H, D]: head_h = z_h W_O[h]
     if edit is not None:
         head_out = _edited(edit, "head_out", l, head_out)
     attn = head_out.sum(dim=2)  # sum over heads
@@ -302,26 +329,8 @@ def block(arch: Arch, weights: Weights, layer: int, x: torch.Tensor) -> torch.Te
     return _block(arch, w, layer, x, {})
 
 
-def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtype = torch.float64, edit: Edit | None = None) -> Trace:
-    """The reference forward pass of ``arch`` with ``weights`` on ``tokens`` ([B, P] or [P]).
-
-    Computes in ``dtype`` (float64 by default; float32 on request) and returns
-    the full :class:`Trace`. ``edit(name, layer, value) -> value`` intervenes on the
-    components a circuit analysis addresses, as they are written to the stream:
-    ``"embed"`` (layer None, ``[B, P, D]``: m (W_E[t] + W_pos[p]), before the
-    embedding norm), ``"head_out"`` (``[B, P, H, D]``: every head's write, before the
-    sum and b_O), ``"mlp_out"`` (``[B, P, D]``) and ``"final_scale"`` (layer None, ``[B, P, 1]``: the
-    final norm's divisor, to freeze it at another run's); the trace records the edited
-    values and everything downstream of them (``circuitproof.numeric.interventions``). Raises :class:`TokenError` for ids outside the
-    vocabulary or too many positions, :class:`~circuitproof.WeightsError` if
-    the weights belong to another Arch.
-    """
-    from .. import WeightsError
-
-    if weights.arch != arch:
-        raise WeightsError(f"run: weights are for {weights.arch!r}, not for {arch!r}")
-    tokens = _check_tokens(arch, tokens)
-    w = weights.to(dtype) if weights.dtype != dtype else weights
+def _forward(arch: Arch, w: Weights, tokens: torch.Tensor, edit: Edit | None) -> tuple:
+    """The forward pass itself: (every layer's recorded values, the embedding/final/transform norms, embed, logits_raw, logits)."""
     B, P = tokens.shape
     rec: dict[str, list] = {}
 
@@ -359,6 +368,40 @@ def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtyp
     if arch.unembed_bias:
         logits_raw = logits_raw + w.b_U
     logits = softcap(logits_raw, arch.logit_softcap)
+
+    return rec, norms, embed, logits_raw, logits
+
+
+def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtype = torch.float64, edit: Edit | None = None) -> Trace:
+    """The reference forward pass of ``arch`` with ``weights`` on ``tokens`` ([B, P] or [P]).
+
+    Computes in ``dtype`` (float64 by default; float32 on request) and returns
+    the full :class:`Trace`. ``edit(name, layer, value) -> value`` intervenes on the
+    components a circuit analysis addresses, as they are written to the stream:
+    ``"embed"`` (layer None, ``[B, P, D]``: m (W_E[t] + W_pos[p]), before the
+    embedding norm), ``"head_out"`` (``[B, P, H, D]``: every head's write, before the
+    sum and b_O), ``"mlp_out"`` (``[B, P, D]``) and ``"final_scale"`` (layer None, ``[B, P, 1]``: the
+    final norm's divisor, to freeze it at another run's); the trace records the edited
+    values and everything downstream of them (``circuitproof.numeric.interventions``). Raises :class:`TokenError` for ids outside the
+    vocabulary or too many positions, :class:`~circuitproof.WeightsError` if
+    the weights belong to another Arch.
+    """
+    from .. import WeightsError
+
+    if weights.arch != arch:
+        raise WeightsError(f"run: weights are for {weights.arch!r}, not for {arch!r}")
+    tokens = _check_tokens(arch, tokens)
+    w = weights.to(dtype) if weights.dtype != dtype else weights
+    # Nothing to differentiate (no edit, no weight requiring grad, or grad off): the layers run in inference mode, a
+    # fifth cheaper per operation at these sizes, and the trace's tensors are made outside it (stacked or copied
+    # below), so that they are ordinary tensors.
+    fast = not torch.is_grad_enabled() or (edit is None and not any(t.requires_grad for t in w._tensors.values()))
+    with torch.inference_mode(fast):
+        rec, norms, embed, logits_raw, logits = _forward(arch, w, tokens, edit)
+    if fast and not torch.is_inference_mode_enabled():
+        embed, logits_raw = embed.clone(), logits_raw.clone()
+        logits = logits_raw if arch.logit_softcap is None else logits.clone()
+        norms = {slot: NormTrace(*(None if t is None else t.clone() for t in (nt.input, nt.scale, nt.output))) for slot, nt in norms.items()}
 
     for key in [k for k in rec if k.startswith("norm.")]:
         parts = rec[key]

@@ -200,7 +200,8 @@ def _prepare_ablation(ctx: Context, instances: tuple[Instance, ...]) -> None:
 
     target, tokens, last = _intervention_target(ctx), ctx.trace.tokens, ctx.arch.n_layers - 1
     heads = [iv.Head(last, inst.head) for inst in instances]
-    logits = _copies(iv.run_replaced_each(target, tokens, [(head, torch.zeros(ctx.arch.d_head)) for head in heads]), len(heads))
+    with torch.no_grad():  # nothing here is differentiated (the reference then runs in inference mode)
+        logits = _copies(iv.run_replaced_each(target, tokens, [(head, torch.zeros(ctx.arch.d_head)) for head in heads]), len(heads))
     for head, copy in zip(heads, logits):
         ctx.given[f"logits^{{ablated}}_{{{last},{head.head}}}"] = copy
 
@@ -240,7 +241,8 @@ def _prepare_patching(ctx: Context, instances: tuple[Instance, ...]) -> None:
     frozen = iv.final_scale(target, ctx.trace) if (ctx.assume and ctx.arch.final_norm) else None
     ctx.notes.append("final norm scale " + ("frozen at the clean run's" if frozen is not None else "live" if ctx.arch.final_norm else "absent"))
     heads = [iv.Head(last, inst.head) for inst in instances]
-    patched = iv.run_replaced_each(target, tokens, [(head, iv.value(source, head)) for head in heads], final_scale=frozen)
+    with torch.no_grad():  # nothing here is differentiated (the reference then runs in inference mode)
+        patched = iv.run_replaced_each(target, tokens, [(head, iv.value(source, head)) for head in heads], final_scale=frozen)
     for head, copy in zip(heads, _copies(patched, len(heads))):  # every head's patched run: a copy in one batched pass
         ctx.given[f"logits^{{patched}}_{{{last},{head.head}}}"] = copy
         ctx.given[f"h'_{{{last},{head.head}}}"] = source.head_out[last, :, :, head.head]
