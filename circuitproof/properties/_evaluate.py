@@ -77,9 +77,9 @@ def _finite_max(t: np.ndarray, n: int) -> np.ndarray:
     return np.nan_to_num(np.abs(t), nan=0.0, posinf=0.0).reshape(n, -1).max(axis=1)
 
 
-def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
-    """The broadcast of shapes of equal length (a 1 stretches to the other size)."""
-    return tuple(next((s for s in sizes if s != 1), 1) for sizes in zip(*shapes))
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """The broadcast of two shapes of equal length (a 1 stretches to the other size)."""
+    return a if a == b else tuple(x if x != 1 else y for x, y in zip(a, b))
 
 
 def errors(lhs: object, rhs: object, magnitude: object | None, n: int, rank: int,
@@ -105,12 +105,11 @@ def _errors(a: np.ndarray, b: np.ndarray, magnitude: object | None, n: int, rank
     m = _leading(magnitude, rank) if magnitude is not None else None
     # every entry finite (the common case): the maxima of |a - b|, |b| and |m| over each instance's entries, one reduction
     # each; a part without the instance axis (the same for every instance) has one maximum, which serves them all
-    dims = tuple(range(1, rank + 1))
     parts = [diff, np.abs(b)] + ([np.abs(m)] if m is not None else [])
-    maxima = [(p.max(axis=dims) if dims else p.reshape(-1)).tolist() for p in parts]  # NaN and inf propagate
+    maxima = [p.reshape(len(p), -1).max(axis=1).tolist() for p in parts]  # NaN and inf propagate
     maxima = [row * n if len(row) < n else row for row in maxima]  # one maximum serves every instance
-    if all(math.isfinite(v) for row in maxima for v in row):
-        max_abs, scale = maxima[0], [max(s) for s in zip(*maxima[1:])]
+    if math.isfinite(sum(map(sum, maxima))):  # no NaN or inf (an overflowing sum of finite ones takes the general path below, as right)
+        max_abs, scale = maxima[0], (maxima[1] if len(maxima) == 2 else list(map(max, maxima[1], maxima[2])))
 
         def locate(i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
             return _unravel(int(diff[i if len(diff) > 1 else 0].argmax()), shape), shape
