@@ -30,6 +30,7 @@ which may differentiate, runs outside it).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,6 +176,12 @@ def _one_by_one(members, ctx, live: bool, out: dict[int, Measured], miss) -> Non
             miss(inst, err)
 
 
+@functools.lru_cache(maxsize=64)
+def _every_head(L: int, H: int) -> list[tuple[int, int]]:
+    """``[(l, h)]`` of every head, layer by layer (kept: read-only)."""
+    return [(l, h) for l in range(L) for h in range(H)]
+
+
 def evaluate_instances(instances, ctx, live: bool) -> tuple[list[Measured], list[str], list[str]]:
     """(measured instances in order, unbound ones, skipped optional ones), each instance's atoms bound from ``ctx``.
 
@@ -198,8 +205,12 @@ def evaluate_instances(instances, ctx, live: bool) -> tuple[list[Measured], list
             atoms = members[0][1].atoms
             stacks = {name: stack for name, stack in ctx.per_head.items() if name in atoms}
             if stacks:  # each member's (layer, head) entry, [N, *shape], by one index of each stack
-                layers, heads = (torch.tensor(v) for v in zip(*((inst.layer, inst.head) for _, inst in members)))
-                stacks = {name: stack[layers, heads] for name, stack in stacks.items()}
+                where = [(inst.layer, inst.head) for _, inst in members]
+                if where == _every_head(*next(iter(stacks.values())).shape[:2]):  # all of them, layer by layer: a view
+                    stacks = {name: stack.flatten(0, 1) for name, stack in stacks.items()}
+                else:
+                    layers, heads = (torch.tensor(v) for v in zip(*where))
+                    stacks = {name: stack[layers, heads] for name, stack in stacks.items()}
             env, ranks = bind_group([inst.atoms for _, inst in members], ctx.arch, ctx.weights, ctx.trace,
                                     given=ctx.given, per_instance=stacks, live=live)
             _measure(members, env, ranks, members[0][1].sides, out)

@@ -174,14 +174,18 @@ def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
     gauged = gauged_weights(arch, w, M, N)
     ctx.notes.append(note)
     L, H, dtype = arch.n_layers, arch.n_heads, ctx.trace.resid_pre.dtype
-    kv = torch.arange(H) // arch.group_size  # query head -> its key/value head
     absent = torch.zeros(1, 1, 1, arch.d_head, dtype=dtype).expand(L, H, 1, arch.d_head)  # a bias the architecture lacks
-    # [L, H, ...] per query head: a key/value head's tensors repeated over its query heads, biases as rows
+
+    def per_query(t: torch.Tensor) -> torch.Tensor:
+        """A key/value head's tensor repeated over its query heads: [L, K, ...] -> [L, H, ...] (itself without GQA)."""
+        return t if arch.group_size == 1 else t[:, torch.arange(H) // arch.group_size]
+
+    # [L, H, ...] per query head, biases as rows
     gauged_at = gauged.to(dtype) if gauged.dtype != dtype else gauged
-    stacks = {"M": M.to(dtype)[:, kv], "N": N.to(dtype)[:, kv], "W_Q'": gauged_at.W_Q, "W_O'": gauged_at.W_O, "W_K'": gauged_at.W_K[:, kv],
-              "W_V'": gauged_at.W_V[:, kv]}
-    for name, per_query in (("b_Q", True), ("b_K", False), ("b_V", False)):
-        stacks[f"{name}'"] = (gauged_at[name] if per_query else gauged_at[name][:, kv])[:, :, None, :] if name in gauged else absent
+    stacks = {"M": per_query(M.to(dtype)), "N": per_query(N.to(dtype)), "W_Q'": gauged_at.W_Q, "W_O'": gauged_at.W_O,
+              "W_K'": per_query(gauged_at.W_K), "W_V'": per_query(gauged_at.W_V)}
+    for name, query in (("b_Q", True), ("b_K", False), ("b_V", False)):
+        stacks[f"{name}'"] = (gauged_at[name] if query else per_query(gauged_at[name]))[:, :, None, :] if name in gauged else absent
     for inst in {id(i.identity): i for i in instances}.values():  # one instance per identity: every head's atoms have its names
         for atom, (kind, _) in inst.compiled.atoms.items():
             if kind in ("gauge", "gauged"):
