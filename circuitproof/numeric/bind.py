@@ -66,6 +66,12 @@ def _scores(t: Trace) -> torch.Tensor:
     return t.scores
 
 
+def _kv(arch: Arch, h: object) -> object:
+    """The key/value head that query head ``h`` (an int or an index tensor) reads: ``h // group`` (``h`` itself without GQA)."""
+    group = arch.n_heads // arch.n_kv_heads
+    return h if group == 1 else h // group
+
+
 # The atoms that index a stacked tensor of the trace or the weights by their layer (and head).
 # The same expression serves one index and a group's, as 1-D index tensors: advanced indices
 # separated by slices come first, so a group's result is [N, *shape] (bind_stacked).
@@ -78,10 +84,10 @@ _INDEXED: dict[str, Callable[..., torch.Tensor]] = {
     "attn_raw": lambda arch, w, t, l: t.attn_out[l],
     "W_Q": lambda arch, w, t, l, h: w.W_Q[l, h],
     "W_O": lambda arch, w, t, l, h: w.W_O[l, h],
-    "W_K": lambda arch, w, t, l, h: w.W_K[l, h // arch.group_size],  # query head h reads key/value head h // group
-    "W_V": lambda arch, w, t, l, h: w.W_V[l, h // arch.group_size],
-    "W_QK": lambda arch, w, t, l, h: w.W_Q[l, h] @ w.W_K[l, h // arch.group_size].mT,
-    "W_OV": lambda arch, w, t, l, h: w.W_V[l, h // arch.group_size] @ w.W_O[l, h],
+    "W_K": lambda arch, w, t, l, h: w.W_K[l, _kv(arch, h)],  # query head h reads key/value head h // group
+    "W_V": lambda arch, w, t, l, h: w.W_V[l, _kv(arch, h)],
+    "W_QK": lambda arch, w, t, l, h: w.W_Q[l, h] @ w.W_K[l, _kv(arch, h)].mT,
+    "W_OV": lambda arch, w, t, l, h: w.W_V[l, _kv(arch, h)] @ w.W_O[l, h],
     "W_in": lambda arch, w, t, l: w.W_in[l],
     "W_out": lambda arch, w, t, l: w.W_out[l],
 }
@@ -135,7 +141,7 @@ def _bias(kind: str, idx: tuple, arch: Arch, w: Weights, dtype: torch.dtype) -> 
         return torch.zeros(1, getattr(arch, _BIAS_SHAPES[kind]), dtype=dtype)
     if kind in ("b_K", "b_V"):
         l, h = idx
-        return present[l, h // arch.group_size].unsqueeze(-2)
+        return present[l, _kv(arch, h)].unsqueeze(-2)
     if kind == "b_Q":
         l, h = idx
         return present[l, h].unsqueeze(-2)
