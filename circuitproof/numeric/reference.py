@@ -385,6 +385,10 @@ def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtyp
     values and everything downstream of them (``circuitproof.numeric.interventions``). Raises :class:`TokenError` for ids outside the
     vocabulary or too many positions, :class:`~circuitproof.WeightsError` if
     the weights belong to another Arch.
+
+    Autograd: when a weight requires grad (or an edit is given) and grad mode is on, the
+    pass records the graph as usual. Otherwise its layers run in inference mode (cheaper per
+    operation), and the Trace's tensors are still ordinary tensors, made outside it.
     """
     from .. import WeightsError
 
