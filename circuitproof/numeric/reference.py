@@ -24,7 +24,6 @@ default) and records everything in a :class:`~circuitproof.numeric.Trace`.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -32,6 +31,7 @@ import torch
 
 from .. import CircuitproofError, ShapeError
 from ..arch import Arch
+from ._tables import allowed, blocked, kv_of_head, rotary_table
 from ._trace import NormTrace, Trace
 from ._weights import Weights
 
@@ -96,7 +96,7 @@ def _rotate(arch: Arch, x: torch.Tensor, positions: tuple[int, ...]) -> torch.Te
     r = arch.rotary_dims
     if r == 0:
         return x
-    cos, sin = _rotary_table(r, arch.rotary_base, positions, x.dtype)  # [1, P, 1, r/2] each
+    cos, sin = rotary_table(r, arch.rotary_base, positions, x.dtype)  # [1, P, 1, r/2] each
     rot, rest = x[..., :r], x[..., r:]
     if arch.rotary_style == "half":
         a, b = rot[..., : r // 2], rot[..., r // 2 :]
@@ -107,47 +107,9 @@ def _rotate(arch: Arch, x: torch.Tensor, positions: tuple[int, ...]) -> torch.Te
     return rotated if rest.shape[-1] == 0 else torch.cat([rotated, rest], dim=-1)
 
 
-@functools.lru_cache(maxsize=256)
-def _rotary_table(r: int, base: float, positions: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos theta`` and ``sin theta``, ``theta[p, k] = p * base^(-2k / r)`` computed in float64, then in ``dtype``.
-
-    Shapes ``[1, P, 1, r/2]``, to broadcast over batch and heads. Kept: read-only.
-    """
-    with torch.inference_mode(False):  # kept tensors are ordinary ones, whatever mode the first caller ran in
-        inv_freq = base ** (-torch.arange(0, r, 2, dtype=torch.float64) / r)  # [r/2]
-        theta = torch.tensor(positions, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [P, r/2]
-        return theta.cos().to(dtype)[None, :, None, :], theta.sin().to(dtype)[None, :, None, :]  # [1, P, 1, r/2]
-
-
 def attention_mask(arch: Arch, layer: int, n_pos: int) -> torch.Tensor:
     """``[P, P]`` bool, True where query i may attend to key j (causal, sliding window)."""
-    return _mask(arch.causal, arch.sliding_window if arch.is_sliding(layer) else None, n_pos).clone()
-
-
-@functools.lru_cache(maxsize=256)
-def _mask(causal: bool, window: int | None, n_pos: int) -> torch.Tensor:
-    """:func:`attention_mask` for a causal switch, a window (None: none) and ``n_pos`` positions (kept: read-only)."""
-    with torch.inference_mode(False):  # kept tensors are ordinary ones, whatever mode the first caller ran in
-        i = torch.arange(n_pos)[:, None]
-        j = torch.arange(n_pos)[None, :]
-        allowed = j <= i if causal else torch.ones(n_pos, n_pos, dtype=torch.bool)
-        if window is not None:
-            allowed = allowed & ((i - j).abs() < window)
-        return allowed
-
-
-@functools.lru_cache(maxsize=64)
-def _kv_of_head(n_heads: int, group: int) -> torch.Tensor:
-    """``[H]``: the key/value head each query head reads, ``h // group`` (kept: read-only)."""
-    with torch.inference_mode(False):  # kept: an ordinary tensor, whatever mode the first caller ran in
-        return torch.arange(n_heads) // group
-
-
-@functools.lru_cache(maxsize=256)
-def _blocked(causal: bool, window: int | None, n_pos: int) -> torch.Tensor:
-    """``~_mask(...)``: True where query i may not attend to key j (kept: read-only, for the forward pass's masked_fill)."""
-    with torch.inference_mode(False):  # kept: an ordinary tensor, whatever mode the first caller ran in
-        return ~_mask(causal, window, n_pos)
+    return allowed(arch.causal, arch.sliding_window if arch.is_sliding(layer) else None, n_pos).clone()
 
 
 # ----------------------------------------------------------------- sublayers
@@ -224,12 +186,12 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, e
 
     k_h, v_h = k, v  # [B, P, H, Dh]: query head h reads kv head h // group
     if arch.group_size > 1:
-        kv_of_head = _kv_of_head(arch.n_heads, arch.group_size)
-        k_h, v_h = k[:, :, kv_of_head], v[:, :, kv_of_head]
+        kv = kv_of_head(arch.n_heads, arch.group_size)
+        k_h, v_h = k[:, :, kv], v[:, :, kv]
     scores = (q.transpose(1, 2) @ k_h.permute(0, 2, 3, 1)) * arch.scale  # [B, H, P_q, Dh] @ [B, H, Dh, P_k] -> [B, H, P_q, P_k]
     scores = softcap(scores, arch.attn_softcap)
-    blocked = _blocked(arch.causal, arch.sliding_window if arch.is_sliding(l) else None, P)  # ~attention_mask(arch, l, P)
-    pattern = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1)  # rows sum to 1
+    masked_out = blocked(arch.causal, arch.sliding_window if arch.is_sliding(l) else None, P)  # ~attention_mask(arch, l, P)
+    pattern = torch.softmax(scores.masked_fill(masked_out, float("-inf")), dim=-1)  # rows sum to 1
     z_by_head = pattern @ v_h.transpose(1, 2)  # [B, H, P, Dh]: z_i = sum_j A_ij v_j
     z = z_by_head.transpose(1, 2)  # [B, P, H, Dh]
     head_out = (z_by_head @ w.W_O[l]).transpose(1, 2)  # [B, H, P, Dh] @ [H, Dh, D] -> [B, P, H, D]: head_h = z_h W_O[h]
