@@ -28,6 +28,8 @@ instances of one identity at once, stacked on a leading instance axis.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -37,7 +39,7 @@ from ..numeric.bind import Unbindable, bind, bind_stacked, bound_atoms
 from ..numeric.reference import attention_mask
 from ..numeric.reference import norm as reference_norm
 
-__all__ = ["as_numpy", "bind_claim", "bind_group", "pad_group", "EXTRA_KINDS", "gain", "unembed_norm_slot", "input_norm_scale"]
+__all__ = ["as_numpy", "bind_claim", "bind_group", "group_plan", "pad_group", "EXTRA_KINDS", "gain", "unembed_norm_slot", "input_norm_scale"]
 
 EXTRA_KINDS = frozenset({"onehot", "positions", "embed_gain", "embed_bias", "mask", "mlp_input", "mlp_raw", "W_gate", "b_gate",
                          "stream_flipped", "in_scale_inv", "in_gain", "in_bias", "norm_out", "norm_input", "norm_scale", "norm_gain",
@@ -207,9 +209,27 @@ def bind_claim(atoms: dict[str, tuple[str, tuple]], arch: Arch, weights: Weights
     return env
 
 
+_TOKENS: dict[tuple, int] = {}  # a group's atom keys -> a small int, the name its stack is kept under (hashed once)
+_NEXT_TOKEN = itertools.count()
+
+
+def group_plan(atoms: list[dict[str, tuple[str, tuple]]]) -> tuple[tuple[str, tuple | None, tuple, int, bool], ...]:
+    """How :func:`bind_group` binds each atom of ``N`` instances (instance ``i``: ``atoms[i]``), worked out once per group.
+
+    For each atom name: ``(name, the key every instance shares or None, every instance's key, the keys' token, whether
+    they are of one kind)``. A function of the instances alone, so a caller may keep it for the next trace.
+    """
+    plan = []
+    for name in atoms[0]:
+        keys = tuple(a[name] for a in atoms)
+        shared = keys[0] if all(k == keys[0] for k in keys) else None
+        plan.append((name, shared, keys, _TOKENS.setdefault(keys, next(_NEXT_TOKEN)), all(k[0] == keys[0][0] for k in keys)))
+    return tuple(plan)
+
+
 def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: Weights, trace: Trace, *,
                given: dict[str, object] | None = None, per_instance: dict[str, torch.Tensor] | None = None,
-               live: bool = False) -> tuple[dict[str, object], dict[str, int]]:
+               live: bool = False, plan: tuple | None = None) -> tuple[dict[str, object], dict[str, int]]:
     """One env for ``N`` instances of one identity (instance ``i``: ``atoms[i]``), and each atom's rank.
 
     ``given`` values serve every instance; ``per_instance`` gives atoms already stacked,
@@ -222,9 +242,10 @@ def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: W
     singleton axes to the rank ``R`` of the largest atom, ``[N, 1, ..., 1, *shape]``, so
     that every atom broadcasts against the others). Stacks are kept with the trace like single atoms.
     Returns the env and ``name -> rank of one instance's tensor`` (-1 for a number).
+    ``plan`` is :func:`group_plan` of ``atoms``, if the caller kept it.
     Raises :class:`Unbindable` as :func:`bind_claim` does for any instance.
     """
-    first = atoms[0]
+    plan = group_plan(atoms) if plan is None else plan
     kept = bound_atoms(trace, weights)
     dtype = trace.resid_pre.dtype
     w = weights.to(dtype) if weights.dtype != dtype else weights
@@ -248,22 +269,22 @@ def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: W
     env: dict[str, object] = {}
     stacked: dict[str, torch.Tensor] = dict(per_instance or {})
     given = given or {}
-    for name in first:
+    for name, shared, keys, token, one_kind in plan:
         if name in stacked:
             continue
         if name in given:
             env[name] = given[name]
             continue
-        keys = tuple(a[name] for a in atoms)
-        if all(k == keys[0] for k in keys):
-            env[name] = one(name, keys[0])
+        if shared is not None:
+            env[name] = one(name, shared)
             continue
-        if ("stacked", keys, live) not in kept:
-            together = bind_stacked(keys[0][0], [idx for _, idx in keys], arch, w, trace) if all(k[0] == keys[0][0] for k in keys) else None
+        together = kept.get(("stacked", token, live))
+        if together is None:
+            together = bind_stacked(keys[0][0], [idx for _, idx in keys], arch, w, trace) if one_kind else None
             if together is None:
                 together = torch.stack([torch.as_tensor(one(name, k)) for k in keys])  # [N, *shape]
-            kept["stacked", keys, live] = together
-        stacked[name] = kept["stacked", keys, live]
+            kept["stacked", token, live] = together
+        stacked[name] = together
     ranks = {name: (v.dim() if isinstance(v, torch.Tensor) else -1) for name, v in env.items()}
     ranks.update({name: t.dim() - 1 for name, t in stacked.items()})
     env.update(stacked)

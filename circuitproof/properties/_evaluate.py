@@ -40,7 +40,7 @@ import torch
 
 from ..numeric.bind import Unbindable
 from ..symbolic._compile import CompileError
-from ._bindings import as_numpy, bind_claim, bind_group, pad_group
+from ._bindings import as_numpy, bind_claim, bind_group, group_plan, pad_group
 
 __all__ = ["Measured", "errors", "evaluate_instances", "evaluate_comparisons"]
 
@@ -143,6 +143,33 @@ def _group(instances) -> list[list[int]]:
     return list(groups.values())
 
 
+_GROUPS: dict[int, tuple] = {}
+
+
+def _groups(instances) -> list[tuple[list, tuple | None]]:
+    """``[(members, bind plan)]``: the instances grouped by identity (:func:`_group`), each group of several with its
+    :func:`~circuitproof.properties._bindings.group_plan` (or None when the instances' atoms do not line up).
+
+    Kept per instances tuple (a claim's instances are kept per architecture shape, so every example of one shape
+    reuses them); the tuple is kept with its entry, so that its id cannot be reused while the entry lives.
+    """
+    entry = _GROUPS.get(id(instances))
+    if entry is not None and entry[0] is instances:
+        return entry[1]
+    out = []
+    for group in _group(instances):
+        members = [(pos, instances[pos]) for pos in group]
+        try:
+            plan = group_plan([inst.atoms for _, inst in members]) if len(members) > 1 else None
+        except KeyError:  # instances whose atoms differ in name: bind_group raises too, and they go one by one
+            plan = None
+        out.append((members, plan))
+    if len(_GROUPS) >= 512:
+        _GROUPS.clear()
+    _GROUPS[id(instances)] = (instances, out)
+    return out
+
+
 def _measure(members, env: dict[str, object], ranks: dict[str, int], sides, out: dict[int, Measured]) -> None:
     """Evaluate the compiled sides once on the group's env; a Measured for each member."""
     compiled, (lhs_names, rhs_names) = sides
@@ -196,8 +223,7 @@ def evaluate_instances(instances, ctx, live: bool) -> tuple[list[Measured], list
     def miss(inst, err) -> None:
         (skipped if inst.optional else unbound).append(f"{inst.label}: {err}")
 
-    for group in _group(instances):
-        members = [(pos, instances[pos]) for pos in group]
+    for members, plan in _groups(instances):
         if len(members) == 1:
             _one_by_one(members, ctx, live, out, miss)
             continue
@@ -212,7 +238,7 @@ def evaluate_instances(instances, ctx, live: bool) -> tuple[list[Measured], list
                     layers, heads = (torch.tensor(v) for v in zip(*where))
                     stacks = {name: stack[layers, heads] for name, stack in stacks.items()}
             env, ranks = bind_group([inst.atoms for _, inst in members], ctx.arch, ctx.weights, ctx.trace,
-                                    given=ctx.given, per_instance=stacks, live=live)
+                                    given=ctx.given, per_instance=stacks, live=live, plan=plan)
             _measure(members, env, ranks, members[0][1].sides, out)
         except Exception:  # noqa: BLE001 - some instance cannot be bound or evaluated, or the tensors do not stack:
             _one_by_one(members, ctx, live, out, miss)  # one by one, each reported (or raising) as on its own

@@ -187,3 +187,19 @@ def test_tokens_changed_in_place_get_a_fresh_trace():
     assert after is not before and torch.equal(after.tokens, torch.tensor([[4, 2, 3]]))
     assert torch.equal(before.tokens, torch.tensor([[1, 2, 3]]))  # the kept trace has its own tokens
     assert model.trace(torch.tensor([[1, 2, 3]])) is before
+
+
+def test_a_kept_group_plan_binds_another_trace_as_a_fresh_plan_does():
+    """``group_plan`` depends on the instances alone: kept from one trace, it binds the next exactly as a fresh one."""
+    from circuitproof.properties._bindings import group_plan
+
+    model = Model(Arch(n_layers=2, n_heads=4, n_kv_heads=2, norm="layernorm", q_bias=True, k_bias=True), seed=3)
+    atoms = [inst.atoms for inst in CLAIMS["attention.ov_circuit"].instances(model.arch)]
+    plan = group_plan(atoms)
+    assert len({token for _, shared, _, token, _ in plan if shared is None}) == sum(shared is None for _, shared, _, _, _ in plan)
+    bind_group(atoms, model.arch, model.weights, model.trace(torch.tensor([[0, 1, 2]])), plan=plan)  # used once
+    trace = model.trace(torch.tensor([[2, 0, 1]]))
+    kept, ranks = bind_group(atoms, model.arch, model.weights, trace, plan=plan)
+    fresh, fresh_ranks = bind_group(atoms, model.arch, model.weights, dataclasses.replace(trace))
+    assert ranks == fresh_ranks and kept.keys() == fresh.keys()
+    assert all(torch.equal(torch.as_tensor(kept[name]), torch.as_tensor(fresh[name])) for name in kept)
