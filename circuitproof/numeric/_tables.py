@@ -32,10 +32,10 @@ def allowed(causal: bool, window: int | None, n_pos: int) -> torch.Tensor:
     with torch.inference_mode(False):  # kept tensors are ordinary ones, whatever mode the first caller ran in
         i = torch.arange(n_pos)[:, None]
         j = torch.arange(n_pos)[None, :]
-        allowed = j <= i if causal else torch.ones(n_pos, n_pos, dtype=torch.bool)
+        visible = j <= i if causal else torch.ones(n_pos, n_pos, dtype=torch.bool)
         if window is not None:
-            allowed = allowed & ((i - j).abs() < window)
-        return allowed
+            visible = visible & ((i - j).abs() < window)
+        return visible
 
 
 @functools.lru_cache(maxsize=64)

@@ -68,8 +68,7 @@ def _scores(t: Trace) -> torch.Tensor:
 
 def _kv(arch: Arch, h: object) -> object:
     """The key/value head that query head ``h`` (an int or an index tensor) reads: ``h // group`` (``h`` itself without GQA)."""
-    group = arch.n_heads // arch.n_kv_heads
-    return h if group == 1 else h // group
+    return h if arch.group_size == 1 else h // arch.group_size
 
 
 # The atoms that index a stacked tensor of the trace or the weights by their layer (and head).

@@ -178,11 +178,12 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, e
         rec.setdefault("norm.q", []).append(nq)
         rec.setdefault("norm.k", []).append(nk)
     if arch.rotary_dims:
+        positions = tuple(range(P))
         if arch.qk_norm == "none":  # queries and keys side by side: one rotation
-            qk = _rotate(arch, qkv[:, :, : H + K], tuple(range(P)))
+            qk = _rotate(arch, qkv[:, :, : H + K], positions)
             q, k = qk[:, :, :H], qk[:, :, H:]
         else:
-            q, k = _rotate(arch, q, tuple(range(P))), _rotate(arch, k, tuple(range(P)))
+            q, k = _rotate(arch, q, positions), _rotate(arch, k, positions)
 
     k_h, v_h = k, v  # [B, P, H, Dh]: query head h reads kv head h // group
     if arch.group_size > 1:
@@ -365,8 +366,9 @@ def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtyp
     with torch.inference_mode(fast):
         rec, norms, embed, logits_raw, logits = _forward(arch, w, tokens, edit)
     if fast and not torch.is_inference_mode_enabled():
+        uncapped = logits is logits_raw
         embed, logits_raw = embed.clone(), logits_raw.clone()
-        logits = logits_raw if arch.logit_softcap is None else logits.clone()
+        logits = logits_raw if uncapped else logits.clone()
         norms = {slot: NormTrace(*(None if t is None else t.clone() for t in (nt.input, nt.scale, nt.output))) for slot, nt in norms.items()}
 
     for key in [k for k in rec if k.startswith("norm.")]:

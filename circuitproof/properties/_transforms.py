@@ -19,6 +19,7 @@ import torch
 
 from ..arch import Arch
 from ..numeric import Weights, weight_shapes
+from ..numeric._tables import kv_of_head
 from ._bindings import as_numpy, gain
 
 __all__ = ["gauge_matrices", "gauged_weights", "ablated_weights", "folded"]
@@ -120,7 +121,7 @@ def gauged_weights(arch: Arch, w: Weights, M: torch.Tensor, N: torch.Tensor) -> 
     ``M`` and ``N`` are given per key/value head; a query head uses its key/value head's.
     """
     dtype = w.dtype
-    kv = torch.arange(arch.n_heads) // arch.group_size  # query head -> its key/value head
+    kv = kv_of_head(arch.n_heads, arch.group_size)  # query head -> its key/value head
     M, N = M.to(dtype), N.to(dtype)
     names = _env_names("gauge")
     L, H, K, Dh = arch.n_layers, arch.n_heads, arch.n_kv_heads, arch.d_head

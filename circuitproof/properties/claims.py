@@ -167,6 +167,7 @@ def _unembed_norm(arch: Arch) -> str:
 # ------------------------------------------------------------------ reruns
 def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
     """Gauge every head (M, N per key/value head), rerun, compare logits and patterns; bind M, N and the primed weights per head."""
+    from ..numeric._tables import kv_of_head
     from ._transforms import gauge_matrices, gauged_weights
 
     arch, w = ctx.arch, ctx.weights
@@ -178,7 +179,7 @@ def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
 
     def per_query(t: torch.Tensor) -> torch.Tensor:
         """A key/value head's tensor repeated over its query heads: [L, K, ...] -> [L, H, ...] (itself without GQA)."""
-        return t if arch.group_size == 1 else t[:, torch.arange(H) // arch.group_size]
+        return t if arch.group_size == 1 else t[:, kv_of_head(H, arch.group_size)]
 
     # [L, H, ...] per query head, biases as rows
     gauged_at = gauged.to(dtype) if gauged.dtype != dtype else gauged
