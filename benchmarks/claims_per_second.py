@@ -23,7 +23,11 @@ forward pass ``model(input_ids)`` of the same built models.
 
 Each figure is the best of ``--repeat`` timed passes (the machine may be shared:
 the best pass is the least disturbed one), wall clock and, beside it, the process'
-CPU time. The workload line gives the mean size of the drawn examples: how much
+CPU time. The reference's four steps are timed in rounds, one pass of each step a
+round, so that every step sees the machine in the same states; the full check's
+line ``passes`` gives every pass's archs/s (best, median, worst) and each round's
+full time over its floor time, a ratio that the machine's drift (its speed moves by
+up to 2x from one minute to the next) largely cancels. The workload line gives the mean size of the drawn examples: how much
 work an architecture is depends on what the strategies draw. A warm-up pass over the same examples comes first, untimed: it compiles
 the symbolic identities the examples meet (sympy, once per process) and imports.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -117,11 +122,14 @@ def reference(n: int, repeat: int) -> float:
     _given(strategy, full, n)  # warm-up: every identity these examples meet compiled once
     drawn = []
     _given(strategy, lambda m, t: drawn.append((m.arch, m.weights, t)), n)
-    t_draw = _best([_given(strategy, lambda m, t: None, n) for _ in range(repeat)])
-    t_fwd = _best([_given(strategy, lambda m, t: m.trace(t), n) for _ in range(repeat)])
     verdicts.clear()
-    t_full = _best([_given(strategy, full, n) for _ in range(repeat)])
-    t_floor = _best([_loop(drawn, lambda a, w, t: run(a, w, t)) for _ in range(repeat)])
+    passes: dict[str, list] = {"draw": [], "forward": [], "full": [], "floor": []}
+    for _ in range(repeat):  # a round: one pass of each step, so that each sees the machine as the others do
+        passes["draw"].append(_given(strategy, lambda m, t: None, n))
+        passes["forward"].append(_given(strategy, lambda m, t: m.trace(t), n))
+        passes["full"].append(_given(strategy, full, n))
+        passes["floor"].append(_loop(drawn, lambda a, w, t: run(a, w, t)))
+    t_draw, t_fwd, t_full, t_floor = (_best(passes[step]) for step in ("draw", "forward", "full", "floor"))
     k = t_full[2]
     counts = ", ".join(f"{c // repeat} {v}" for v, c in sorted(verdicts.items()))
     print(f"\nreference: {k} examples, {len(claims)} claims each ({counts})")
@@ -130,6 +138,10 @@ def reference(n: int, repeat: int) -> float:
     for name, timing in (("draw (Hypothesis)", t_draw), ("draw + weights + forward", t_fwd), ("full: + every claim", t_full),
                          ("forward alone (the floor)", t_floor)):
         print(_row(name, timing, t_floor[0] / t_floor[2] * timing[2]))
+    rates = sorted(p[2] / p[0] for p in passes["full"])
+    ratios = sorted((f[0] / f[2]) / (g[0] / g[2]) for f, g in zip(passes["full"], passes["floor"]))
+    print(f"  passes of the full check, archs/s: best {rates[-1]:.1f}, median {statistics.median(rates):.1f}, worst {rates[0]:.1f}; "
+          f"full / floor in each round: {', '.join(f'{r:.1f}' for r in ratios)}")
     bad = sum(c for v, c in verdicts.items() if v in ("FAIL", "INCONCLUSIVE"))
     if bad:
         print(f"  WARNING: {bad // repeat} FAIL or INCONCLUSIVE verdicts", file=sys.stderr)
