@@ -24,11 +24,12 @@ forward pass ``model(input_ids)`` of the same built models.
 Each figure is the best of ``--repeat`` timed passes (the machine may be shared:
 the best pass is the least disturbed one), wall clock and, beside it, the process'
 CPU time. The reference's four steps are timed in rounds, one pass of each step a
-round, so that every step sees the machine in the same states; the full check's
-line ``passes`` gives every pass's archs/s (best, median, worst) and each round's
-full time over its floor time, a ratio that the machine's drift (its speed moves by
-up to 2x from one minute to the next) largely cancels. The workload line gives the mean size of the drawn examples: how much
-work an architecture is depends on what the strategies draw. A warm-up pass over the same examples comes first, untimed: it compiles
+round, so that every step sees the machine in the same states; the line ``passes``
+gives the full check's archs/s over its passes (best, median, worst) and, round by
+round, its time over the floor's: how far the full check drifted against the bare
+forward pass (the machine's speed moves by up to 2x from one minute to the next,
+and the full check's the most). The workload line gives the mean size of the drawn
+examples: how much work an architecture is depends on what the strategies draw. A warm-up pass over the same examples comes first, untimed: it compiles
 the symbolic identities the examples meet (sympy, once per process) and imports.
 """
 
@@ -139,9 +140,9 @@ def reference(n: int, repeat: int) -> float:
                          ("forward alone (the floor)", t_floor)):
         print(_row(name, timing, t_floor[0] / t_floor[2] * timing[2]))
     rates = sorted(p[2] / p[0] for p in passes["full"])
-    ratios = sorted((f[0] / f[2]) / (g[0] / g[2]) for f, g in zip(passes["full"], passes["floor"]))
+    ratios = [(f[0] / f[2]) / (g[0] / g[2]) for f, g in zip(passes["full"], passes["floor"])]  # round by round
     print(f"  passes of the full check, archs/s: best {rates[-1]:.1f}, median {statistics.median(rates):.1f}, worst {rates[0]:.1f}; "
-          f"full / floor in each round: {', '.join(f'{r:.1f}' for r in ratios)}")
+          f"full / floor, round by round: {', '.join(f'{r:.1f}' for r in ratios)}")
     bad = sum(c for v, c in verdicts.items() if v in ("FAIL", "INCONCLUSIVE"))
     if bad:
         print(f"  WARNING: {bad // repeat} FAIL or INCONCLUSIVE verdicts", file=sys.stderr)
