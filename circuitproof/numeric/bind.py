@@ -30,6 +30,7 @@ import torch
 
 from .. import CircuitproofError
 from ..arch import Arch
+from ._tables import kv_of_head
 from ._trace import Trace
 from ._weights import Weights
 from .reference import norm as reference_norm
@@ -68,7 +69,7 @@ def _scores(t: Trace) -> torch.Tensor:
 
 def _kv(arch: Arch, h: object) -> object:
     """The key/value head that query head ``h`` (an int or an index tensor) reads: ``h // group`` (``h`` itself without GQA)."""
-    return h if arch.group_size == 1 else h // arch.group_size
+    return h if arch.group_size == 1 else kv_of_head(arch.n_heads, arch.group_size)[h]
 
 
 # The atoms that index a stacked tensor of the trace or the weights by their layer (and head).

@@ -22,7 +22,7 @@ from ..numeric import Weights, weight_shapes
 from ..numeric._tables import kv_of_head
 from ._bindings import as_numpy, gain
 
-__all__ = ["gauge_matrices", "gauged_weights", "ablated_weights", "folded"]
+__all__ = ["gauge_matrices", "gauged_weights", "per_query_head", "ablated_weights", "folded"]
 
 
 # ------------------------------------------------------------------ compiled definitions
@@ -115,13 +115,17 @@ def _gauge_matrices(L: int, K: int, Dh: int, rotary: tuple | None, qk_norm: str,
     return M, N, note
 
 
+def per_query_head(arch: Arch, t: torch.Tensor) -> torch.Tensor:
+    """A key/value head's tensor repeated over its query heads, ``[L, K, ...] -> [L, H, ...]`` (``t`` itself without GQA)."""
+    return t if arch.group_size == 1 else t[:, kv_of_head(arch.n_heads, arch.group_size)]
+
+
 def gauged_weights(arch: Arch, w: Weights, M: torch.Tensor, N: torch.Tensor) -> Weights:
     """The weights with ``W_Q' = W_Q M``, ``W_K' = W_K M^{-T}``, ``W_V' = W_V N``, ``W_O' = N^{-1} W_O`` (and biases).
 
     ``M`` and ``N`` are given per key/value head; a query head uses its key/value head's.
     """
     dtype = w.dtype
-    kv = kv_of_head(arch.n_heads, arch.group_size)  # query head -> its key/value head
     M, N = M.to(dtype), N.to(dtype)
     names = _env_names("gauge")
     L, H, K, Dh = arch.n_layers, arch.n_heads, arch.n_kv_heads, arch.d_head
@@ -133,7 +137,7 @@ def gauged_weights(arch: Arch, w: Weights, M: torch.Tensor, N: torch.Tensor) -> 
     env = {names["W_Q"]: w.W_Q, names["W_K"]: w.W_K, names["W_V"]: w.W_V, names["W_O"]: w.W_O, names["b_Q"]: bias("b_Q", H),
            names["b_K"]: bias("b_K", K), names["b_V"]: bias("b_V", K)}
     env = {name: as_numpy(value) for name, value in env.items()}
-    M_q, N_q = (M, N) if arch.group_size == 1 else (M[:, kv], N[:, kv])  # per query head
+    M_q, N_q = per_query_head(arch, M), per_query_head(arch, N)
     M, N, M_q, N_q = (as_numpy(m) for m in (M, N, M_q, N_q))
     device = w.W_Q.device
     out = {}

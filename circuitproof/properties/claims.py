@@ -56,10 +56,6 @@ NO_OUTPUT_NORM = Assumption("no norm on a sublayer's output", "an output, sandwi
                             "reaches the stream", lambda a: not a.has_norm or a.norm_placement == "pre")
 
 
-def _heads(arch: Arch) -> list[tuple[int, int]]:
-    return [(l, h) for l in range(arch.n_layers) for h in range(arch.n_heads)]
-
-
 def _input_norm(arch: Arch) -> str:
     """The norm the attention reads through: the Arch's norm if it has an ``attn_in`` slot, else "none"."""
     return arch.norm if "attn_in" in arch.norm_slots() else "none"
@@ -167,8 +163,7 @@ def _unembed_norm(arch: Arch) -> str:
 # ------------------------------------------------------------------ reruns
 def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
     """Gauge every head (M, N per key/value head), rerun, compare logits and patterns; bind M, N and the primed weights per head."""
-    from ..numeric._tables import kv_of_head
-    from ._transforms import gauge_matrices, gauged_weights
+    from ._transforms import gauge_matrices, gauged_weights, per_query_head
 
     arch, w = ctx.arch, ctx.weights
     M, N, note = gauge_matrices(arch, general_qk=not ctx.assume)
@@ -176,17 +171,12 @@ def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
     ctx.notes.append(note)
     L, H, dtype = arch.n_layers, arch.n_heads, ctx.trace.resid_pre.dtype
     absent = torch.zeros(1, 1, 1, arch.d_head, dtype=dtype).expand(L, H, 1, arch.d_head)  # a bias the architecture lacks
-
-    def per_query(t: torch.Tensor) -> torch.Tensor:
-        """A key/value head's tensor repeated over its query heads: [L, K, ...] -> [L, H, ...] (itself without GQA)."""
-        return t if arch.group_size == 1 else t[:, kv_of_head(H, arch.group_size)]
-
     # [L, H, ...] per query head, biases as rows
     gauged_at = gauged.to(dtype) if gauged.dtype != dtype else gauged
-    stacks = {"M": per_query(M.to(dtype)), "N": per_query(N.to(dtype)), "W_Q'": gauged_at.W_Q, "W_O'": gauged_at.W_O,
-              "W_K'": per_query(gauged_at.W_K), "W_V'": per_query(gauged_at.W_V)}
+    stacks = {"M": per_query_head(arch, M.to(dtype)), "N": per_query_head(arch, N.to(dtype)), "W_Q'": gauged_at.W_Q, "W_O'": gauged_at.W_O,
+              "W_K'": per_query_head(arch, gauged_at.W_K), "W_V'": per_query_head(arch, gauged_at.W_V)}
     for name, query in (("b_Q", True), ("b_K", False), ("b_V", False)):
-        stacks[f"{name}'"] = (gauged_at[name] if query else per_query(gauged_at[name]))[:, :, None, :] if name in gauged else absent
+        stacks[f"{name}'"] = (gauged_at[name] if query else per_query_head(arch, gauged_at[name]))[:, :, None, :] if name in gauged else absent
     for inst in {id(i.identity): i for i in instances}.values():  # one instance per identity: every head's atoms have its names
         for atom, (kind, _) in inst.compiled.atoms.items():
             if kind in ("gauge", "gauged"):
