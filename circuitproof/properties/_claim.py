@@ -103,7 +103,10 @@ class Comparison:
 
     With ``per``, the leading axes of ``lhs`` and ``rhs`` run over layers and heads (e.g. every
     head's pattern, ``[L, H, B, P, P]`` with ``per=("layer", "head")``): one comparison for all,
-    whose worst entry says which layer and head.
+    whose worst entry says which layer and head. ``magnitude`` (broadcastable to ``rhs``, the same
+    leading axes) bounds the terms ``rhs`` is computed from, as an instance's magnitude does: the
+    error is relative to the larger of ``max|rhs|`` and ``max|magnitude|`` (a pattern's rounding
+    follows its scores, not its own size: ``symbolic._compile.softmax_magnitude``).
     """
 
     label: str
@@ -112,6 +115,7 @@ class Comparison:
     layer: int | None = None
     head: int | None = None
     per: tuple[str, ...] = ()  # leading axes that run over layers or heads ("layer", "head"): the worst entry's names them
+    magnitude: torch.Tensor | None = None
 
 
 @dataclass

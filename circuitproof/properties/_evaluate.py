@@ -246,7 +246,7 @@ def evaluate_instances(instances, ctx, live: bool) -> tuple[list[Measured], list
 
 
 def evaluate_comparisons(comparisons) -> list[Measured]:
-    """Each comparison measured as an instance with no magnitude; comparisons of one label and shape are measured together."""
+    """Each comparison measured as an instance (with its magnitude, if it has one); those of one label and shape together."""
     if not comparisons:
         return []
     with torch.inference_mode():  # the stacks and errors are this evaluation's own tensors: no autograd bookkeeping
@@ -260,12 +260,21 @@ def _per_layer_head(c) -> list[Measured]:
     if tuple(rhs.shape[:k]) != lead:
         raise ValueError(f"comparison {c.label!r}: the sides' leading {c.per} axes differ ({lead} and {tuple(rhs.shape[:k])})")
     n, rank = math.prod(lead), lhs.dim() - k
-    measured, locate = errors(lhs.reshape(n, *lhs.shape[k:]), rhs.reshape(n, *rhs.shape[k:]), None, n, rank, rank)
+    mag = None if c.magnitude is None else torch.as_tensor(c.magnitude)
+    if mag is not None and tuple(mag.shape[:k]) != lead:
+        raise ValueError(f"comparison {c.label!r}: the magnitude's leading {c.per} axes are {tuple(mag.shape[:k])}, not {lead}")
+    mag = None if mag is None else mag.reshape(n, *mag.shape[k:])
+    measured, locate = errors(lhs.reshape(n, *lhs.shape[k:]), rhs.reshape(n, *rhs.shape[k:]), mag, n, rank, rank)
     out = []
     for i, (max_abs, rel) in enumerate(measured):
         named = dict(zip(c.per, _unravel(i, lead)))
         out.append(Measured(c.label, named.get("layer", c.layer), named.get("head", c.head), max_abs, rel, lambda i=i: locate(i)))
     return out
+
+
+def _padded(comparisons, group: list[int], side: str, shape: tuple[int, ...], rank: int) -> torch.Tensor:
+    """``[N, 1, ..., 1, *shape]``: the ``side`` of each comparison of ``group``, padded to ``rank`` axes, on an instance axis."""
+    return torch.stack([torch.as_tensor(getattr(comparisons[i], side)).reshape((1,) * (rank - len(shape)) + shape) for i in group])
 
 
 def _comparisons(comparisons) -> list[Measured]:
@@ -277,12 +286,13 @@ def _comparisons(comparisons) -> list[Measured]:
             stacked += _per_layer_head(c)
             continue
         lhs, rhs = torch.as_tensor(c.lhs), torch.as_tensor(c.rhs)
-        groups.setdefault((c.label, tuple(lhs.shape), tuple(rhs.shape), lhs.dtype, rhs.dtype), []).append(i)
-    for (_, lshape, rshape, _, _), group in groups.items():
-        rank = max(len(lshape), len(rshape))
-        lhs = torch.stack([torch.as_tensor(comparisons[i].lhs).reshape((1,) * (rank - len(lshape)) + lshape) for i in group])
-        rhs = torch.stack([torch.as_tensor(comparisons[i].rhs).reshape((1,) * (rank - len(rshape)) + rshape) for i in group])
-        measured, locate = errors(lhs, rhs, None, len(group), rank, rank)
+        mshape = None if c.magnitude is None else tuple(torch.as_tensor(c.magnitude).shape)
+        groups.setdefault((c.label, tuple(lhs.shape), tuple(rhs.shape), mshape, lhs.dtype, rhs.dtype), []).append(i)
+    for (_, lshape, rshape, mshape, _, _), group in groups.items():
+        rank = max(len(lshape), len(rshape), len(mshape or ()))
+        mag = None if mshape is None else _padded(comparisons, group, "magnitude", mshape, rank)
+        measured, locate = errors(_padded(comparisons, group, "lhs", lshape, rank), _padded(comparisons, group, "rhs", rshape, rank),
+                                  mag, len(group), rank, rank)
         for k, (i, (max_abs, rel)) in enumerate(zip(group, measured)):
             c = comparisons[i]
             out[i] = Measured(c.label, c.layer, c.head, max_abs, rel, lambda k=k, locate=locate: locate(k))

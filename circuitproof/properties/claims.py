@@ -184,7 +184,21 @@ def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
     rerun = rerun_or_reference(ctx, arch, gauged)
     ctx.comparisons.append(Comparison("forward pass with the gauged weights: logits", rerun.logits, ctx.trace.logits))
     ctx.comparisons.append(Comparison("forward pass with the gauged weights: pattern", rerun.pattern.transpose(1, 2),
-                                      ctx.trace.pattern.transpose(1, 2), per=("layer", "head")))  # [L, H, B, P, P]
+                                      ctx.trace.pattern.transpose(1, 2), per=("layer", "head"),  # [L, H, B, P, P]
+                                      magnitude=_pattern_magnitude(ctx.trace)))
+
+
+def _pattern_magnitude(trace) -> torch.Tensor | None:
+    """``[L, H, B, P, P]``: the softmax-row magnitude of every head's pattern (``softmax_magnitude``), the observed
+    scores as its argument, masked keys not counted; None where the trace has no scores (then the pattern's own size)."""
+    from ..numeric.reference import attention_mask
+    from ..symbolic._compile import softmax_magnitude
+
+    if trace.scores is None:
+        return None
+    arch, P = trace.arch, trace.scores.shape[-1]
+    hidden = torch.stack([~attention_mask(arch, l, P) for l in range(arch.n_layers)])[:, None, None]  # [L, 1, 1, P, P]
+    return softmax_magnitude(trace.pattern, trace.scores.abs().masked_fill(hidden, float("inf"))).transpose(1, 2)
 
 
 def _prepare_ablation(ctx: Context, instances: tuple[Instance, ...]) -> None:

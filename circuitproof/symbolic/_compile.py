@@ -41,7 +41,8 @@ import sympy as sp
 
 from .. import CircuitproofError
 
-__all__ = ["compile_expr", "compile_program", "compile_magnitude", "compile_identity", "register_opaque", "CompiledIdentity", "atoms_of"]
+__all__ = ["compile_expr", "compile_program", "compile_magnitude", "compile_identity", "register_opaque", "softmax_magnitude",
+           "CompiledIdentity", "atoms_of"]
 
 
 class CompileError(CircuitproofError):
@@ -149,7 +150,7 @@ class _Writer:
         opaque = _opaque(expr)
         if opaque is not None and opaque[1]:
             argument = self.magnitude(opaque[0](expr)[1])
-            return self.emit(f"abs({self.value(expr)}).maximum({argument}.nan_to_num(posinf=0.0).amax(-1, keepdim=True))")
+            return self.emit(f"{self.function(softmax_magnitude)}({self.value(expr)}, {argument})")
         if opaque is not None or isinstance(expr, (sp.Inverse, sp.MatrixSymbol, sp.Symbol)):
             return self.emit(f"abs({self.value(expr)})")
         if isinstance(expr, sp.ZeroMatrix):
@@ -167,6 +168,16 @@ class _Writer:
         if isinstance(expr, sp.Pow) and expr.exp == -1:
             return self.emit(f"1.0 / {self.magnitude(expr.base)}")
         return self.emit(f"abs({self.value(expr)})")
+
+
+def softmax_magnitude(value, argument_magnitude):
+    """The magnitude of a softmax or log-softmax row: ``max(|value|, the largest finite entry of argument_magnitude's row)``.
+
+    Shapes: ``value`` and ``argument_magnitude`` ``[..., n]`` (torch tensors); the result ``[..., n]``.
+    The rule of :func:`compile_magnitude` (rounding ``d ~ u |s|`` in the scores moves ``softmax(s)_i`` by
+    at most ``2 max|d|``); an infinite entry of the argument's magnitude (a masked score) does not count.
+    """
+    return abs(value).maximum(argument_magnitude.nan_to_num(posinf=0.0).amax(-1, keepdim=True))
 
 
 def _inverse(t):

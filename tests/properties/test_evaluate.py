@@ -203,3 +203,36 @@ def test_a_kept_group_plan_binds_another_trace_as_a_fresh_plan_does():
     fresh, fresh_ranks = bind_group(atoms, model.arch, model.weights, dataclasses.replace(trace))
     assert ranks == fresh_ranks and kept.keys() == fresh.keys()
     assert all(torch.equal(torch.as_tensor(kept[name]), torch.as_tensor(fresh[name])) for name in kept)
+
+
+# ----------------------------------------------------------------------------- comparisons with a magnitude
+def test_a_comparison_is_measured_against_the_larger_of_its_rhs_and_its_magnitude():
+    """``rel = max|lhs - rhs| / max(max|rhs|, max|magnitude|)``, per comparison and per (layer, head); a wrong value still fails."""
+    from circuitproof.properties._claim import Comparison
+
+    rhs = torch.tensor([[0.5, 0.5], [1.0, 0.0]], dtype=torch.float64)
+    lhs = rhs + torch.tensor([[1e-6, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    big = torch.full((2, 1), 1e4, dtype=torch.float64)  # a row magnitude, broadcast over the columns
+    plain, scaled = _evaluate.evaluate_comparisons([Comparison("p", lhs, rhs), Comparison("p", lhs, rhs, magnitude=big)])
+    assert plain.rel == pytest.approx(1e-6, rel=1e-9) and scaled.rel == pytest.approx(1e-10, rel=1e-9)
+    wrong = _evaluate.evaluate_comparisons([Comparison("p", rhs.flip(-1), rhs, magnitude=big)])[0]
+    assert wrong.rel == pytest.approx(1e-4, rel=1e-9)  # an O(1) error stays O(1 / magnitude), far above any float64 tolerance
+    per = Comparison("q", torch.stack([lhs, rhs])[:, None], torch.stack([rhs, rhs])[:, None], per=("layer", "head"),
+                     magnitude=torch.tensor([1e4, 1.0]).reshape(2, 1, 1, 1))  # [L=2, H=1, 2, 2]
+    first, second = _evaluate.evaluate_comparisons([per])
+    assert (first.layer, first.rel) == (0, pytest.approx(1e-10, rel=1e-9)) and (second.layer, second.rel) == (1, 0.0)
+    with pytest.raises(ValueError, match="magnitude's leading"):
+        _evaluate.evaluate_comparisons([dataclasses.replace(per, magnitude=torch.ones(3, 1, 1, 1))])
+
+
+def test_the_gauge_passes_where_large_scores_round_the_pattern():
+    """Found by the ci profile: scores of 8e6 make the gauged run's pattern differ by 1.9e-9 (u |s|), which the claim
+    measures against the scores' row magnitude (``softmax_magnitude``), not the pattern's own size of 1."""
+    model = Model(Arch(n_layers=3, n_heads=4, d_model=5, d_head=2, d_mlp=2, d_vocab=2, n_ctx=6, n_kv_heads=1, sliding_window=1,
+                       sliding_layers=(0,), positional="none", norm="none", gated=True, act="relu", mlp_bias=False, embed_scale=2.0),
+                  seed=18310)
+    toks = torch.tensor([[0, 1, 1, 0, 1]])
+    assert float(model.trace(toks).scores.abs().max()) > 1e6
+    evidence = model.check(CLAIMS["attention.gauge"], toks)
+    assert evidence.verdict == PASS, str(evidence)
+    assert evidence.max_abs > 1e-10  # the pattern did move by more than the tolerance: the scale is what changed
