@@ -156,12 +156,33 @@ def _columns(indices: tuple[tuple, ...]) -> list[torch.Tensor]:
     return [torch.tensor(column) for column in zip(*indices)]
 
 
+def _layered_written(arch: Arch, t: Trace, part: str) -> torch.Tensor | None:
+    """``[L, B, P, D]``: what sublayer ``part`` writes at every layer (:func:`_written`'s tensor before its layer index)."""
+    raw = t.attn_out if part == "attn" else t.mlp_out
+    if raw is None:
+        return None
+    return t.norms[f"{part}_out"].output if arch.has_norm and arch.norm_placement in ("output", "sandwich") else raw
+
+
+# kind -> f(arch, trace, the largest layer asked for) -> the tensor that atom (kind, (l,)) indexes at l, or None (bind one by one)
+_BY_LAYER: dict[str, Callable[[Arch, Trace, int], torch.Tensor | None]] = {
+    "stream": lambda arch, t, top: t.resid_pre if top < arch.n_layers else None,  # x_L is no layer's resid_pre
+    "mid": lambda arch, t, top: t.resid_mid,
+    "attn": lambda arch, t, top: _layered_written(arch, t, "attn"),
+    "mlp": lambda arch, t, top: _layered_written(arch, t, "mlp"),
+}
+
+
 def bind_stacked(kind: str, indices: list[tuple], arch: Arch, weights: Weights, trace: Trace) -> torch.Tensor | None:
     """The atoms ``(kind, idx)`` for every ``idx`` in ``indices``, stacked: ``[N, *shape]``, in one indexing operation.
 
     Equal to stacking each one's tensor from :func:`bind`. None for a kind that is not an
     index into the trace's or the weights' stacked tensors by layer and head (bind those one by one).
     """
+    if kind in _BY_LAYER:  # the streams and sublayer writes of several layers: one index into the layer axis
+        layers = [idx[0] for idx in indices]
+        stacked = _BY_LAYER[kind](arch, trace, max(layers))
+        return None if stacked is None else stacked[_columns(tuple(indices))[0]]
     if kind not in _INDEXED and kind not in _BIAS_SHAPES or kind == "b_U":
         return None
     dtype = trace.resid_pre.dtype

@@ -13,10 +13,11 @@ ARCHS = {
     "gqa_biases": Arch(n_layers=2, n_heads=4, n_kv_heads=2, d_model=8, d_head=3, q_bias=True, k_bias=True, v_bias=True, o_bias=True,
                        mlp_bias=True, norm="layernorm"),
     "no_biases": Arch(n_layers=2, n_heads=3, d_model=6, d_head=2, positional="rotary", norm="rmsnorm", mlp_bias=False),
+    "output_norms": Arch(n_layers=2, n_heads=3, d_model=6, d_head=3, norm="rmsnorm", norm_placement="sandwich"),
 }
 HEADS = [(0, 0), (0, 2), (1, 1), (1, 2)]
 BY_HEAD = ["head", "z", "pattern", "scores", "W_Q", "W_O", "W_K", "W_V", "W_QK", "W_OV", "b_Q", "b_K", "b_V"]
-BY_LAYER = ["attn_input", "attn_raw", "W_in", "W_out", "b_in", "b_out", "b_O"]
+BY_LAYER = ["attn_input", "attn_raw", "W_in", "W_out", "b_in", "b_out", "b_O", "stream", "mid", "attn", "mlp"]
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
@@ -32,8 +33,17 @@ def test_a_stacked_binding_is_the_stack_of_single_bindings(name, kind):
     assert torch.allclose(together, torch.stack(singles), rtol=1e-14, atol=0), kind
 
 
-@pytest.mark.parametrize("kind", ["stream", "ones", "W_U", "b_U", "logits", "final_scale_inv"])
+@pytest.mark.parametrize("kind", ["ones", "W_U", "b_U", "logits", "final_scale_inv"])
 def test_kinds_that_are_not_an_index_by_layer_and_head_are_left_to_single_bindings(kind):
     arch = ARCHS["gqa_biases"]
     weights = Weights.random(arch, 0)
     assert bind_stacked(kind, [(0,), (1,)], arch, weights, run(arch, weights, torch.tensor([[1, 2]]))) is None
+
+
+def test_the_stream_after_the_last_layer_is_left_to_single_bindings():
+    """``("stream", (L,))`` is x_L, the final stream, which no layer's resid_pre holds: bound one by one."""
+    arch = ARCHS["gqa_biases"]
+    weights = Weights.random(arch, 0)
+    trace = run(arch, weights, torch.tensor([[1, 2]]))
+    assert bind_stacked("stream", [(0,), (arch.n_layers,)], arch, weights, trace) is None
+    assert bind_stacked("stream", [(1,), (0,)], arch, weights, trace) is not None
