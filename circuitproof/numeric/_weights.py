@@ -144,6 +144,12 @@ class Weights(Mapping[str, torch.Tensor]):
         except KeyError:
             raise AttributeError(f"{type(self).__name__} for {self.arch!r} has no tensor {name!r}") from None
 
+    def get(self, name: str, default: object = None) -> torch.Tensor | object:
+        """``self[name]``, or ``default`` for a tensor the architecture does not have (one dict lookup, no exception)."""
+        if name == "W_U" and self.arch.tied:
+            return self._tensors["W_E"].T
+        return self._tensors.get(name, default)
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Weights are read-only; build new ones with Weights(arch, {...})")
 
@@ -231,6 +237,25 @@ def _draw(name: str, shape: tuple[int, ...], gen: torch.Generator, arch: Arch) -
         return normal
     fan_in = shape[-2]
     return normal / fan_in**0.5
+
+
+def _tensor_property(name: str) -> property:
+    """``w.<name>``: the tensor from its dict in one lookup (an absent one falls through to ``__getattr__``'s AttributeError)."""
+
+    def tensor(self: Weights) -> torch.Tensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    return property(tensor, doc=f"The tensor {name} (module table).")
+
+
+_SLOTS = ("embed", "attn_in", "attn_out", "mlp_in", "mlp_out", "q", "k", "final", "transform")
+for _name in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O", "W_in", "W_gate", "W_out", "b_in", "b_gate",
+              "b_out", "W_T", "b_T", "b_U", *(f"ln_{slot}_{part}" for slot in _SLOTS for part in "wb")):
+    setattr(Weights, _name, _tensor_property(_name))  # W_U is not among them: tied, it is W_E^T (__getitem__)
+del _name
 
 
 def _arch_to_json(arch: Arch) -> dict[str, object]:

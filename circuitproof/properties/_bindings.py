@@ -52,12 +52,14 @@ def as_numpy(x: object) -> np.ndarray:
     The compiled identities that apply no opaque function (``program.plain``) are evaluated
     on these: at the sizes drawn here NumPy's cost per operation is a third of torch's.
     """
+    if type(x) is np.ndarray:  # already one (an evaluated side, a transformed weight): no exception to raise and catch
+        return x
+    if not isinstance(x, torch.Tensor):  # a number
+        return np.asarray(x)
     try:
         return x.numpy()  # a CPU tensor outside autograd: a view, no copy
     except (RuntimeError, TypeError):  # requires grad, or not on the CPU
         return x.detach().cpu().numpy()
-    except AttributeError:  # a number or an array
-        return np.asarray(x)
 
 
 def gain(arch: Arch, w: torch.Tensor) -> torch.Tensor:

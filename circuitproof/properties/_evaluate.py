@@ -107,7 +107,7 @@ def _errors(a: np.ndarray, b: np.ndarray, magnitude: object | None, n: int, rank
     # every entry finite (the common case): the maxima of |a - b|, |b| and |m| over each instance's entries, one reduction
     # each; a part without the instance axis (the same for every instance) has one maximum, which serves them all
     parts = [diff, np.abs(b)] + ([np.abs(m)] if m is not None else [])
-    maxima = [p.reshape(len(p), -1).max(axis=1).tolist() for p in parts]  # NaN and inf propagate
+    maxima = [[p.max().item()] if len(p) == 1 else p.reshape(len(p), -1).max(axis=1).tolist() for p in parts]  # NaN and inf propagate
     maxima = [row * n if len(row) < n else row for row in maxima]  # one maximum serves every instance
     if math.isfinite(sum(map(sum, maxima))):  # no NaN or inf (an overflowing sum of finite ones takes the general path below, as right)
         max_abs, scale = maxima[0], (maxima[1] if len(maxima) == 2 else list(map(max, maxima[1], maxima[2])))
