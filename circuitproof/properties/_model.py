@@ -21,6 +21,17 @@ __all__ = ["Model"]
 _KEEP_TRACES = 4
 
 
+@functools.lru_cache(maxsize=64)
+def _random_weights(arch: Arch, seed: int, dtype: torch.dtype) -> Weights:
+    """``Weights.random(arch, seed, dtype)``, kept for the next Model of the same architecture and seed.
+
+    Hypothesis draws an architecture and a seed many times over (mutating and shrinking
+    examples: 400 examples of the ci profile hold about 220 distinct pairs), and Weights
+    are read-only, so one object serves them all.
+    """
+    return Weights.random(arch, seed, dtype=dtype)
+
+
 def _tokens_key(tokens: torch.Tensor) -> tuple:
     """What identifies a batch of token ids: shape, dtype and the ids themselves."""
     t = torch.as_tensor(tokens)
@@ -56,7 +67,8 @@ class Model:
 
     @functools.cached_property
     def weights(self) -> Weights:
-        return Weights.random(self.arch, self.seed, dtype=self.dtype)
+        """``Weights.random(arch, seed, dtype)``: the same (read-only) object for every Model of that architecture and seed."""
+        return _random_weights(self.arch, self.seed, self.dtype)
 
     @functools.cached_property
     def _adapter(self):

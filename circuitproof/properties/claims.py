@@ -163,29 +163,37 @@ def _unembed_norm(arch: Arch) -> str:
 # ------------------------------------------------------------------ reruns
 def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
     """Gauge every head (M, N per key/value head), rerun, compare logits and patterns; bind M, N and the primed weights per head."""
-    from ._transforms import gauge_matrices, gauged_weights, per_query_head
+    from ._transforms import gauge_matrices, kept_per_weights
 
-    arch, w = ctx.arch, ctx.weights
+    arch, w, dtype = ctx.arch, ctx.weights, ctx.trace.resid_pre.dtype
     M, N, note = gauge_matrices(arch, general_qk=not ctx.assume)
-    gauged = gauged_weights(arch, w, M, N)
+    gauged, stacks = kept_per_weights(w, ("gauge", not ctx.assume, dtype), lambda: _gauged(arch, w, M, N, dtype))
     ctx.notes.append(note)
-    L, H, dtype = arch.n_layers, arch.n_heads, ctx.trace.resid_pre.dtype
+    for inst in {id(i.identity): i for i in instances}.values():  # one instance per identity: every head's atoms have its names
+        for atom, (kind, _) in inst.compiled.atoms.items():
+            if kind in ("gauge", "gauged"):
+                ctx.per_head[atom] = stacks[atom.split("_{")[0]]
+    with torch.inference_mode():  # a pass to compare, never differentiated: its tensors need not be ordinary ones (run)
+        rerun = rerun_or_reference(ctx, arch, gauged)
+    ctx.comparisons.append(Comparison("forward pass with the gauged weights: logits", rerun.logits, ctx.trace.logits))
+    ctx.comparisons.append(Comparison("forward pass with the gauged weights: pattern", rerun.pattern.transpose(1, 2),
+                                      ctx.trace.pattern.transpose(1, 2), per=("layer", "head"),  # [L, H, B, P, P]
+                                      magnitude=_pattern_magnitude(ctx.trace)))
+
+
+def _gauged(arch: Arch, w, M: torch.Tensor, N: torch.Tensor, dtype: torch.dtype) -> tuple:
+    """The gauged weights, and ``name -> [L, H, ...]`` per query head in ``dtype`` (biases as rows) of M, N and the primed weights."""
+    from ._transforms import gauged_weights, per_query_head
+
+    gauged = gauged_weights(arch, w, M, N)
+    L, H = arch.n_layers, arch.n_heads
     absent = torch.zeros(1, 1, 1, arch.d_head, dtype=dtype).expand(L, H, 1, arch.d_head)  # a bias the architecture lacks
-    # [L, H, ...] per query head, biases as rows
     gauged_at = gauged.to(dtype) if gauged.dtype != dtype else gauged
     stacks = {"M": per_query_head(arch, M.to(dtype)), "N": per_query_head(arch, N.to(dtype)), "W_Q'": gauged_at.W_Q, "W_O'": gauged_at.W_O,
               "W_K'": per_query_head(arch, gauged_at.W_K), "W_V'": per_query_head(arch, gauged_at.W_V)}
     for name, query in (("b_Q", True), ("b_K", False), ("b_V", False)):
         stacks[f"{name}'"] = (gauged_at[name] if query else per_query_head(arch, gauged_at[name]))[:, :, None, :] if name in gauged else absent
-    for inst in {id(i.identity): i for i in instances}.values():  # one instance per identity: every head's atoms have its names
-        for atom, (kind, _) in inst.compiled.atoms.items():
-            if kind in ("gauge", "gauged"):
-                ctx.per_head[atom] = stacks[atom.split("_{")[0]]
-    rerun = rerun_or_reference(ctx, arch, gauged)
-    ctx.comparisons.append(Comparison("forward pass with the gauged weights: logits", rerun.logits, ctx.trace.logits))
-    ctx.comparisons.append(Comparison("forward pass with the gauged weights: pattern", rerun.pattern.transpose(1, 2),
-                                      ctx.trace.pattern.transpose(1, 2), per=("layer", "head"),  # [L, H, B, P, P]
-                                      magnitude=_pattern_magnitude(ctx.trace)))
+    return gauged, stacks
 
 
 def _pattern_magnitude(trace) -> torch.Tensor | None:
@@ -209,7 +217,7 @@ def _prepare_ablation(ctx: Context, instances: tuple[Instance, ...]) -> None:
 
     target, tokens, last = _intervention_target(ctx), ctx.trace.tokens, ctx.arch.n_layers - 1
     heads = [iv.Head(last, inst.head) for inst in instances]
-    with torch.no_grad():  # nothing here is differentiated (the reference then runs in inference mode)
+    with torch.inference_mode():  # nothing here is differentiated: the reference runs in inference mode and keeps its tensors
         logits = _copies(iv.run_replaced_each(target, tokens, [(head, torch.zeros(ctx.arch.d_head)) for head in heads]), len(heads))
     for head, copy in zip(heads, logits):
         ctx.given[f"logits^{{ablated}}_{{{last},{head.head}}}"] = copy
@@ -246,12 +254,12 @@ def _prepare_patching(ctx: Context, instances: tuple[Instance, ...]) -> None:
     from ..numeric import interventions as iv
 
     target, tokens, last = _intervention_target(ctx), ctx.trace.tokens, ctx.arch.n_layers - 1
-    source = target.trace(patch_source(tokens, ctx.arch.d_vocab))
-    frozen = iv.final_scale(target, ctx.trace) if (ctx.assume and ctx.arch.final_norm) else None
-    ctx.notes.append("final norm scale " + ("frozen at the clean run's" if frozen is not None else "live" if ctx.arch.final_norm else "absent"))
     heads = [iv.Head(last, inst.head) for inst in instances]
-    with torch.no_grad():  # nothing here is differentiated (the reference then runs in inference mode)
+    with torch.inference_mode():  # passes to compare, never differentiated (run: no copies out of inference mode)
+        source = target.trace(patch_source(tokens, ctx.arch.d_vocab))
+        frozen = iv.final_scale(target, ctx.trace) if (ctx.assume and ctx.arch.final_norm) else None
         patched = iv.run_replaced_each(target, tokens, [(head, iv.value(source, head)) for head in heads], final_scale=frozen)
+    ctx.notes.append("final norm scale " + ("frozen at the clean run's" if frozen is not None else "live" if ctx.arch.final_norm else "absent"))
     for head, copy in zip(heads, _copies(patched, len(heads))):  # every head's patched run: a copy in one batched pass
         ctx.given[f"logits^{{patched}}_{{{last},{head.head}}}"] = copy
         ctx.given[f"h'_{{{last},{head.head}}}"] = source.head_out[last, :, :, head.head]
@@ -260,11 +268,12 @@ def _prepare_patching(ctx: Context, instances: tuple[Instance, ...]) -> None:
 def _prepare_folding(ctx: Context, instances: tuple[Instance, ...]) -> None:
     """Fold every foldable norm and centre W_U (the symbolic definitions), rerun, compare log-probabilities; bind the centred weights."""
     from ._bindings import bind_claim
-    from ._transforms import folded
+    from ._transforms import folded, kept_per_weights
 
-    arch2, w2, done = folded(ctx.arch, ctx.weights)
+    arch2, w2, done = kept_per_weights(ctx.weights, ("folded",), lambda: folded(ctx.arch, ctx.weights))
     ctx.notes.append(f"folded {', '.join(done) or 'no norm'}; W_U centred")
-    trace2 = rerun_or_reference(ctx, arch2, w2)
+    with torch.inference_mode():  # a pass to compare, never differentiated
+        trace2 = rerun_or_reference(ctx, arch2, w2)
     ctx.comparisons.append(Comparison("log-probabilities after folding", trace2.logits.log_softmax(-1), ctx.trace.logits.log_softmax(-1)))
     # the identity at W_U reads the folded and centred unembedding: its own definitions, evaluated in derivation order
     base = {"W_U": ("W_U", ()), "b_U": ("b_U", ()), "1_{V}": ("ones_vocab", ())}
