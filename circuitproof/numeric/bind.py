@@ -17,7 +17,8 @@ scores) raises :class:`Unbindable`, which the caller reports as INCONCLUSIVE.
 
 :func:`bind_stacked` binds one kind for many indices at once (the heads of a
 per-head identity), ``[N, *shape]``, with the indexing expressions :func:`bind` uses;
-:func:`bound_atoms` keeps what was bound with the trace, for the next check on it.
+:func:`bound_atoms` keeps what was bound with the trace, for the next check on it, and
+:func:`bound_weight_atoms` what was bound from the weights alone, for every trace of them.
 This module imports no sympy.
 """
 
@@ -35,7 +36,7 @@ from ._trace import Trace
 from ._weights import Weights
 from .reference import norm as reference_norm
 
-__all__ = ["bind", "bind_stacked", "bound_atoms", "Unbindable"]
+__all__ = ["bind", "bind_stacked", "bound_atoms", "bound_weight_atoms", "WEIGHT_KINDS", "Unbindable"]
 
 
 class Unbindable(CircuitproofError):
@@ -193,6 +194,30 @@ def bind_stacked(kind: str, indices: list[tuple], arch: Arch, weights: Weights, 
             return torch.zeros(len(indices), 1, getattr(arch, _BIAS_SHAPES[kind]), dtype=dtype)
         return _bias(kind, tuple(columns), arch, w, dtype)
     return _INDEXED[kind](arch, w, trace, *columns)
+
+
+# kinds whose tensor is a function of the weights, their Arch and the dtype alone: the same for every trace of those weights
+WEIGHT_KINDS = frozenset({"W_Q", "W_K", "W_V", "W_O", "W_QK", "W_OV", "W_in", "W_out", "W_U", "W_E", *_BIAS_SHAPES, "final_gain",
+                          "final_bias", "centring"})
+_WEIGHT_ATOMS_MAX = 128
+_WEIGHT_ATOMS: dict[tuple, tuple] = {}  # (id(weights), dtype) -> (weights, {(kind, indices, live): tensor})
+
+
+def bound_weight_atoms(weights: Weights, dtype: torch.dtype) -> dict[tuple, object]:
+    """The atoms of weight kinds (:data:`WEIGHT_KINDS` and the like) already bound from ``weights`` in ``dtype``,
+    ``(kind, indices, live) -> tensor``, kept per Weights object.
+
+    Weights are immutable, so such an atom bound once serves every trace of them (a drawn
+    model's weights serve every example of its architecture and seed). The weights are
+    kept with the entry, so that their id cannot be reused while it lives; at most
+    ``_WEIGHT_ATOMS_MAX`` entries (the oldest go first).
+    """
+    entry = _WEIGHT_ATOMS.get((id(weights), dtype))
+    if entry is None or entry[0] is not weights:
+        if len(_WEIGHT_ATOMS) >= _WEIGHT_ATOMS_MAX:
+            del _WEIGHT_ATOMS[next(iter(_WEIGHT_ATOMS))]
+        entry = _WEIGHT_ATOMS[id(weights), dtype] = (weights, {})
+    return entry[1]
 
 
 def bound_atoms(trace: Trace, weights: Weights) -> dict[tuple, object]:

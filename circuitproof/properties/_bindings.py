@@ -35,7 +35,7 @@ import torch
 
 from ..arch import Arch
 from ..numeric import Trace, Weights
-from ..numeric.bind import Unbindable, bind, bind_stacked, bound_atoms
+from ..numeric.bind import WEIGHT_KINDS, Unbindable, bind, bind_stacked, bound_atoms, bound_weight_atoms
 from ..numeric.reference import attention_mask
 from ..numeric.reference import norm as reference_norm
 
@@ -44,6 +44,16 @@ __all__ = ["as_numpy", "bind_claim", "bind_group", "group_plan", "pad_group", "E
 EXTRA_KINDS = frozenset({"onehot", "positions", "embed_gain", "embed_bias", "mask", "mlp_input", "mlp_raw", "W_gate", "b_gate",
                          "stream_flipped", "in_scale_inv", "in_gain", "in_bias", "norm_out", "norm_input", "norm_scale", "norm_gain",
                          "norm_bias", "ones_vocab"})
+# the kinds read off the weights alone (their Arch and the dtype): kept per Weights object, for every trace of them
+_OF_WEIGHTS = WEIGHT_KINDS | {"embed_gain", "embed_bias", "W_gate", "b_gate", "in_gain", "in_bias", "ones_vocab"}
+
+
+def _stores(arch: Arch, weights: Weights, trace: Trace) -> tuple[dict, dict]:
+    """Where bound atoms are kept: (per trace and weights, per weights alone); the second is the first when ``arch`` is not the
+    weights' own (an atom of the weights is then bound for that Arch, and kept with the trace only)."""
+    kept = bound_atoms(trace, weights)
+    own = arch is weights.arch or arch == weights.arch
+    return kept, (bound_weight_atoms(weights, trace.resid_pre.dtype) if own else kept)
 
 
 def as_numpy(x: object) -> np.ndarray:
@@ -181,13 +191,14 @@ def bind_claim(atoms: dict[str, tuple[str, tuple]], arch: Arch, weights: Weights
     given = given or {}
     env: dict[str, object] = {"d_vocab": float(arch.d_vocab), "d_model": float(arch.d_model), "d_head": float(arch.d_head),
                               "d_mlp": float(arch.d_mlp)}
-    kept = bound_atoms(trace, weights)  # atoms bound before from this trace and these weights
+    kept, of_weights = _stores(arch, weights, trace)  # atoms bound before from this trace and these weights, from these weights
     missing = {}
     for name, (kind, idx) in atoms.items():
+        store = of_weights if kind in _OF_WEIGHTS else kept
         if name in given:
             env[name] = given[name]
-        elif (kind, idx, live) in kept:
-            env[name] = kept[kind, idx, live]
+        elif (kind, idx, live) in store:
+            env[name] = store[kind, idx, live]
         else:
             missing[name] = (kind, idx)
     if not missing:
@@ -198,7 +209,7 @@ def bind_claim(atoms: dict[str, tuple[str, tuple]], arch: Arch, weights: Weights
     for name, (kind, idx) in missing.items():
         if kind in EXTRA_KINDS:
             try:
-                env[name] = kept[kind, idx, live] = _extra(kind, idx, arch, w, trace, live)
+                env[name] = (of_weights if kind in _OF_WEIGHTS else kept)[kind, idx, live] = _extra(kind, idx, arch, w, trace, live)
             except (KeyError, AttributeError) as err:
                 raise Unbindable(f"{name} ({kind}): {err}") from None
         else:
@@ -206,7 +217,7 @@ def bind_claim(atoms: dict[str, tuple[str, tuple]], arch: Arch, weights: Weights
     for name, value in bind(rest, arch, w, trace, scalars={"embed_scale": arch.embed_scale}).items():
         kind, idx = rest[name]
         if kind != "scalar":  # a scalar is bound by its name, not its kind
-            kept[kind, idx, live] = value
+            (of_weights if kind in _OF_WEIGHTS else kept)[kind, idx, live] = value
         env[name] = value
     return env
 
@@ -248,13 +259,14 @@ def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: W
     Raises :class:`Unbindable` as :func:`bind_claim` does for any instance.
     """
     plan = group_plan(atoms) if plan is None else plan
-    kept = bound_atoms(trace, weights)
+    kept, of_weights = _stores(arch, weights, trace)
     dtype = trace.resid_pre.dtype
     w = weights.to(dtype) if weights.dtype != dtype else weights
     scalars = {"embed_scale": arch.embed_scale}
 
     def one(name: str, key: tuple[str, tuple]) -> object:
-        value = kept.get((*key, live))
+        store = of_weights if key[0] in _OF_WEIGHTS else kept
+        value = store.get((*key, live))
         if value is None:
             kind, idx = key
             if kind in EXTRA_KINDS:
@@ -265,7 +277,7 @@ def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: W
             else:
                 value = bind({name: key}, arch, w, trace, scalars=scalars)[name]
             if kind != "scalar":  # a scalar is bound by its name, not its kind
-                kept[(*key, live)] = value
+                store[(*key, live)] = value
         return value
 
     env: dict[str, object] = {}
@@ -280,12 +292,13 @@ def bind_group(atoms: list[dict[str, tuple[str, tuple]]], arch: Arch, weights: W
         if shared is not None:
             env[name] = one(name, shared)
             continue
-        together = kept.get(("stacked", token, live))
+        store = of_weights if one_kind and keys[0][0] in _OF_WEIGHTS else kept
+        together = store.get(("stacked", token, live))
         if together is None:
             together = bind_stacked(keys[0][0], [idx for _, idx in keys], arch, w, trace) if one_kind else None
             if together is None:
                 together = torch.stack([torch.as_tensor(one(name, k)) for k in keys])  # [N, *shape]
-            kept["stacked", token, live] = together
+            store["stacked", token, live] = together
         stacked[name] = together
     ranks = {name: (v.dim() if isinstance(v, torch.Tensor) else -1) for name, v in env.items()}
     ranks.update({name: t.dim() - 1 for name, t in stacked.items()})
