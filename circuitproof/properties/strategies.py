@@ -245,12 +245,39 @@ def weights(draw: st.DrawFn, arch: Arch, *, dtype: torch.dtype = torch.float64) 
     return Weights.random(arch, draw(_SEED), dtype=dtype)
 
 
-@st.composite
-def tokens(draw: st.DrawFn, arch: Arch, *, max_batch: int = 2, min_pos: int = 1, max_pos: int | None = None) -> torch.Tensor:
+def tokens(arch: Arch, *, max_batch: int = 2, min_pos: int = 1, max_pos: int | None = None) -> st.SearchStrategy[torch.Tensor]:
     """A ``[batch, pos]`` long tensor of ids in ``[0, d_vocab)``, pos <= n_ctx, from a drawn seed.
 
-    Shrinks toward one sequence of ``min_pos`` positions drawn with seed 0.
+    Shrinks toward one sequence of ``min_pos`` positions drawn with seed 0. The same
+    strategy object for the same arguments (a test draws tokens for each drawn model,
+    and a fresh strategy validates itself on its first draw, which costs more than the draw).
     """
+    bounds = {k: v for k, v, default in (("max_batch", max_batch, 2), ("min_pos", min_pos, 1), ("max_pos", max_pos, None))
+              if type(v) is not type(default) or v != default}  # the defaults left out: the repr is the call
+    try:
+        return _tokens_cached(arch, tuple((k, type(v), v) for k, v in bounds.items()))  # True is not 1 here
+    except TypeError:  # an unhashable argument: a fresh strategy, which says what is wrong on its first draw
+        return _tokens(arch, **bounds)
+
+
+@functools.lru_cache(maxsize=256)
+def _tokens_cached(arch: Arch, bounds: tuple) -> st.SearchStrategy[torch.Tensor]:
+    return _tokens(arch, **{k: v for k, _, v in bounds})
+
+
+def _named(name: str):
+    """Give a function another ``__name__`` (a composite strategy's repr shows it: ``tokens(...)``)."""
+    def rename(f):
+        f.__name__ = f.__qualname__ = name
+        return f
+
+    return rename
+
+
+@st.composite
+@_named("tokens")
+def _tokens(draw: st.DrawFn, arch: Arch, *, max_batch: int = 2, min_pos: int = 1, max_pos: int | None = None) -> torch.Tensor:
+    """:func:`tokens`' draw."""
     _check_bound("max_batch", max_batch, 1)
     _check_bound("min_pos", min_pos, 1)
     top = arch.n_ctx if max_pos is None else min(max_pos, arch.n_ctx)

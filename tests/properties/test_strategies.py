@@ -75,13 +75,18 @@ INVALID = [
     ("tokens(Arch(), max_batch=0)", "max_batch=0"),
     ("tokens(Arch(), min_pos=0)", "min_pos=0"),
     ("tokens(Arch(n_ctx=4), min_pos=5)", "min_pos=5"),
+    ("tokens(Arch(), max_batch=True)", "max_batch=True"),  # after tokens(Arch(), max_batch=1) is kept: True is not 1
+    ("tokens(Arch(), max_batch=2.0)", "max_batch=2.0"),  # not the default 2
+    ("tokens(Arch(), max_batch=[1])", r"max_batch=[1]"),  # unhashable: a fresh strategy
     ("models(family='gpt3')", "family='gpt3'"),
 ]
 
 
 @pytest.mark.parametrize("call,named", INVALID, ids=[call for call, _ in INVALID])
 def test_an_invalid_bound_raises_value_error_naming_it(call, named):
-    with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(".", r"\.")):
+    if "max_batch=True" in call:
+        _first(tokens(Arch(), max_batch=1))  # the strategy for max_batch=1 kept first
+    with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(".", r"\.").replace("[", r"\[")):
         _first(eval(call, NAMESPACE))
 
 
@@ -155,6 +160,13 @@ def test_each_on_off_switch_is_drawn_and_shrinks_alone(switch):
     wanted = not MINIMAL.causal if switch == "causal" else True
     found = find(archs(), lambda a: getattr(a, switch) == wanted and a.has_mlp, settings=QUIET)  # attention-only: MLP defaults
     assert found == MINIMAL.replace(**{switch: wanted}), repr(found)
+
+
+def test_tokens_reuse_one_strategy_per_arguments():
+    arch = Arch(n_heads=2)
+    assert tokens(arch) is tokens(arch) is tokens(arch, max_batch=2)  # an explicit default is the same call
+    assert tokens(arch, max_batch=3) is not tokens(arch)
+    assert repr(tokens(arch, max_batch=2)) == "tokens(Arch(n_heads=2))"
 
 
 def test_models_reuse_one_archs_strategy_per_constraints():
