@@ -109,7 +109,18 @@ def _rotate(arch: Arch, x: torch.Tensor, positions: tuple[int, ...]) -> torch.Te
 
 def attention_mask(arch: Arch, layer: int, n_pos: int) -> torch.Tensor:
     """``[P, P]`` bool, True where query i may attend to key j (causal, sliding window)."""
-    return allowed(arch.causal, arch.sliding_window if arch.is_sliding(layer) else None, n_pos).clone()
+    return allowed(arch.causal, _window(arch, layer), n_pos).clone()
+
+
+def masked_keys(arch: Arch, layer: int, n_pos: int) -> torch.Tensor:
+    """``~attention_mask(arch, layer, n_pos)`` ``[P, P]``: True where query i may not attend to key j; the kept table itself
+    (read-only), which the forward pass's masked_fill reads."""
+    return blocked(arch.causal, _window(arch, layer), n_pos)
+
+
+def _window(arch: Arch, layer: int) -> int | None:
+    """The sliding window at ``layer`` (None: the layer attends to every visible key)."""
+    return arch.sliding_window if arch.is_sliding(layer) else None
 
 
 # ----------------------------------------------------------------- sublayers
@@ -191,7 +202,7 @@ def _attention(arch: Arch, w: Weights, layer: int, x: torch.Tensor, rec: dict, e
         k_h, v_h = k[:, :, kv], v[:, :, kv]
     scores = (q.transpose(1, 2) @ k_h.permute(0, 2, 3, 1)) * arch.scale  # [B, H, P_q, Dh] @ [B, H, Dh, P_k] -> [B, H, P_q, P_k]
     scores = softcap(scores, arch.attn_softcap)
-    masked_out = blocked(arch.causal, arch.sliding_window if arch.is_sliding(l) else None, P)  # ~attention_mask(arch, l, P)
+    masked_out = masked_keys(arch, l, P)
     pattern = torch.softmax(scores.masked_fill(masked_out, float("-inf")), dim=-1)  # rows sum to 1
     z_by_head = pattern @ v_h.transpose(1, 2)  # [B, H, P, Dh]: z_i = sum_j A_ij v_j
     z = z_by_head.transpose(1, 2)  # [B, P, H, Dh]

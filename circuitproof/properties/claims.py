@@ -199,13 +199,13 @@ def _gauged(arch: Arch, w, M: torch.Tensor, N: torch.Tensor, dtype: torch.dtype)
 def _pattern_magnitude(trace) -> torch.Tensor | None:
     """``[L, H, B, P, P]``: the softmax-row magnitude of every head's pattern (``softmax_magnitude``), the observed
     scores as its argument, masked keys not counted; None where the trace has no scores (then the pattern's own size)."""
-    from ..numeric.reference import attention_mask
+    from ..numeric.reference import masked_keys
     from ..symbolic._compile import softmax_magnitude
 
     if trace.scores is None:
         return None
     arch, P = trace.arch, trace.scores.shape[-1]
-    hidden = torch.stack([~attention_mask(arch, l, P) for l in range(arch.n_layers)])[:, None, None]  # [L, 1, 1, P, P]
+    hidden = torch.stack([masked_keys(arch, l, P) for l in range(arch.n_layers)])[:, None, None]  # [L, 1, 1, P, P]
     return softmax_magnitude(trace.pattern, trace.scores.abs().masked_fill(hidden, float("inf"))).transpose(1, 2)
 
 
