@@ -3,6 +3,7 @@
 Run: python benchmarks/claims_per_second.py [--examples 400] [--family-examples 12] [--repeat 3]
      python benchmarks/claims_per_second.py --save-workload FILE     (draw the examples once)
      PYTHONPATH=CHECKOUT python benchmarks/claims_per_second.py --workload FILE   (time a version of the code on them)
+     python benchmarks/claims_per_second.py --workload FILE --compare-with CHECKOUT   (this code against CHECKOUT's, interleaved)
 
 One process, one torch thread, Hypothesis with the ci profile's settings
 (derandomized, no database, no deadline): the same examples every run. For the
@@ -194,18 +195,9 @@ def save_workload(path: str, n: int) -> None:
     print(f"\nwrote {len(rows)} examples to {path}; workload: {_workload(drawn)}")
 
 
-def fixed_workload(path: str, repeat: int) -> None:
-    """Weights, trace and every claim on the examples of ``path``, no drawing: a speed that compares code, not strategies.
-
-    Only the ``circuitproof`` on the path is timed, so ``PYTHONPATH=<another checkout> python benchmarks/claims_per_second.py
-    --workload FILE`` times another version of the code on the same examples.
-    """
+def _read_workload(path: str, package) -> list:
+    """``[(Arch, seed, tokens)]`` of a saved workload, the Arch of ``package`` (a circuitproof module)."""
     import json
-
-    import circuitproof
-    from circuitproof import Arch
-    from circuitproof.properties.claims import CLAIMS
-    from circuitproof.properties.strategies import Model
 
     with open(path) as f:
         rows = json.load(f)
@@ -214,19 +206,90 @@ def fixed_workload(path: str, repeat: int) -> None:
         fields = dict(row["arch"])
         if fields.get("sliding_layers") is not None:
             fields["sliding_layers"] = tuple(fields["sliding_layers"])
-        drawn.append((Arch(**fields), row["seed"], torch.tensor(row["tokens"])))
-    claims = list(CLAIMS.values())
+        drawn.append((package.Arch(**fields), row["seed"], torch.tensor(row["tokens"])))
+    return drawn
 
-    def check(arch, seed, toks):
-        model = Model(arch, seed)
-        _check_all(model, claims, toks)
 
-    _loop(drawn, check)  # warm-up: every identity these examples meet compiled once
-    timing = _best([_loop(drawn, check) for _ in range(repeat)])
+def _checks(package, drawn) -> list:
+    """One function an example: a fresh ``Model`` of ``package`` checking every claim of its ``CLAIMS`` (weights, trace, claims)."""
+    import importlib
+
+    name = package.__name__
+    claims = list(importlib.import_module(f"{name}.properties.claims").CLAIMS.values())
+    model = importlib.import_module(f"{name}.properties.strategies").Model
+    return [lambda a=a, s=s, t=t: _check_all(model(a, s), claims, t) for a, s, t in drawn]
+
+
+def fixed_workload(path: str, repeat: int) -> None:
+    """Weights, trace and every claim on the examples of ``path``, no drawing: a speed that compares code, not strategies.
+
+    Only the ``circuitproof`` on the path is timed, so ``PYTHONPATH=<another checkout> python benchmarks/claims_per_second.py
+    --workload FILE`` times another version of the code on the same examples (:func:`compare` times two in one process).
+    """
+    import circuitproof
+
+    drawn = _read_workload(path, circuitproof)
+    checks = [(f,) for f in _checks(circuitproof, drawn)]
+    _loop(checks, lambda f: f())  # warm-up: every identity these examples meet compiled once
+    timing = _best([_loop(checks, lambda f: f()) for _ in range(repeat)])
     print(f"\nfixed workload {path}: {len(drawn)} examples ({_workload(drawn)})")
     print(f"  circuitproof from {os.path.dirname(circuitproof.__file__)}")
     print(f"  {'step':<30}{'ms/arch':>9}{'archs/s':>10}{'(CPU)':>10}")
     print(_row("weights + forward + every claim", timing, None))
+
+
+def _import_checkout(checkout: str):
+    """The ``circuitproof`` package of another checkout, imported as ``circuitproof_other`` beside this one (its imports
+    are relative, so it runs as itself)."""
+    import importlib.util
+
+    init = os.path.join(checkout, "circuitproof", "__init__.py")
+    if not os.path.exists(init):
+        raise SystemExit(f"--compare-with {checkout}: no circuitproof/__init__.py there")
+    spec = importlib.util.spec_from_file_location("circuitproof_other", init,
+                                                  submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["circuitproof_other"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare(path: str, checkout: str, repeat: int) -> None:
+    """This checkout's code against ``checkout``'s, on the examples of ``path``, in one process, example by example.
+
+    Each pass runs every example with both versions back to back, the order alternating from one
+    example to the next, so that both see the machine in the same state (its speed drifts by up to 2x
+    from one minute to the next, which timing the versions in turn, pass by pass, does not cancel):
+    the ratio of their times is steady to about 1% from pass to pass where separate runs differ by 30%.
+    """
+    import circuitproof
+
+    other = _import_checkout(checkout)
+    ours, theirs = (_checks(p, _read_workload(path, p)) for p in (circuitproof, other))
+    for f in ours + theirs:  # warm-up: every identity compiled once, in each version
+        f()
+    clock = time.perf_counter
+    rows = []
+    for p in range(repeat):
+        t_ours = t_theirs = 0.0
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            first, second = (a, b) if (i + p) % 2 else (b, a)
+            t0 = clock()
+            first()
+            t1 = clock()
+            second()
+            t2 = clock()
+            t_a, t_b = (t1 - t0, t2 - t1) if first is a else (t2 - t1, t1 - t0)
+            t_ours, t_theirs = t_ours + t_a, t_theirs + t_b
+        rows.append((1e3 * t_theirs / len(ours), 1e3 * t_ours / len(ours)))
+    print(f"\nfixed workload {path}: {len(ours)} examples, weights + forward + every claim, the two versions interleaved")
+    print(f"  this:  circuitproof from {os.path.dirname(circuitproof.__file__)}")
+    print(f"  other: circuitproof from {os.path.dirname(other.__file__)}")
+    print(f"  {'pass':<6}{'other ms/arch':>15}{'this ms/arch':>14}{'other / this':>14}")
+    for k, (t_other, t_this) in enumerate(rows, 1):
+        print(f"  {k:<6}{t_other:>15.3f}{t_this:>14.3f}{t_other / t_this:>14.3f}")
+    total_other, total_this = (sum(r[i] for r in rows) for i in (0, 1))
+    print(f"  {'all':<6}{total_other / len(rows):>15.3f}{total_this / len(rows):>14.3f}{total_other / total_this:>14.3f}")
 
 
 def main() -> None:
@@ -237,6 +300,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per figure, the best reported (default 3)")
     parser.add_argument("--save-workload", metavar="FILE", help="draw --examples reference examples, write them to FILE, and stop")
     parser.add_argument("--workload", metavar="FILE", help="time only weights, forward and every claim on FILE's examples")
+    parser.add_argument("--compare-with", metavar="CHECKOUT", help="with --workload: time this code against CHECKOUT's, "
+                        "interleaved example by example in one process (the ratio cancels the machine's drift)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import hypothesis
@@ -248,8 +313,13 @@ def main() -> None:
     if args.save_workload:
         save_workload(args.save_workload, args.examples)
         return
+    if args.compare_with and not args.workload:
+        parser.error("--compare-with needs --workload FILE (the examples both versions check)")
     if args.workload:
-        fixed_workload(args.workload, args.repeat)
+        if args.compare_with:
+            compare(args.workload, args.compare_with, args.repeat)
+        else:
+            fixed_workload(args.workload, args.repeat)
         return
     reference(args.examples, args.repeat)
     if args.family_examples:

@@ -3,7 +3,10 @@
 :class:`Model` is what ``strategies.models`` draws (and what a failing example prints
 as a constructor call). It runs its target once per distinct tokens, checks claims on
 that trace with the target's own tolerance, reruns and interventions, and checks every
-claim of a list on one forward pass (:meth:`Model.check_all`).
+claim of a list on one forward pass (:meth:`Model.check_all`). Models of one architecture
+and seed share one read-only Weights object, and what is computed from the weights alone
+(gauged and folded copies, bound weight atoms) is kept with it, since Hypothesis draws the
+same architecture and seed many times over.
 """
 
 from __future__ import annotations
@@ -30,6 +33,31 @@ def _random_weights(arch: Arch, seed: int, dtype: torch.dtype) -> Weights:
     are read-only, so one object serves them all.
     """
     return Weights.random(arch, seed, dtype=dtype)
+
+
+_REFERENCE_RUNS_MAX = 64
+_REFERENCE_RUNS: dict[tuple, tuple] = {}  # (id(weights), dtype, inference mode, tokens' key) -> (weights, trace)
+
+
+def _reference_run(arch: Arch, weights: Weights, tokens: torch.Tensor, dtype: torch.dtype) -> Trace:
+    """``run(arch, weights, tokens, dtype=dtype)``, kept per Weights object, dtype and tokens (by shape and values).
+
+    A pure function of immutable inputs: a drawn model's weights are shared by every
+    example of its architecture and seed, and Hypothesis draws the same tokens for them
+    now and then (one ci example in fifteen), so the forward pass, and the transformed
+    weights' reruns, are run once for them. Kept apart in inference mode (its tensors are
+    not ordinary ones); the weights are kept with the entry, so that their id cannot be
+    reused while it lives; at most ``_REFERENCE_RUNS_MAX`` entries (the oldest go first).
+    """
+    key = (id(weights), dtype, torch.is_inference_mode_enabled(), _tokens_key(tokens))
+    entry = _REFERENCE_RUNS.get(key)
+    if entry is not None and entry[0] is weights and entry[1].arch == arch:
+        return entry[1]
+    trace = run(arch, weights, torch.as_tensor(tokens).clone(), dtype=dtype)  # its tokens its own, whatever the caller does
+    if len(_REFERENCE_RUNS) >= _REFERENCE_RUNS_MAX:
+        del _REFERENCE_RUNS[next(iter(_REFERENCE_RUNS))]
+    _REFERENCE_RUNS[key] = (weights, trace)
+    return trace
 
 
 def _tokens_key(tokens: torch.Tensor) -> tuple:
@@ -88,8 +116,10 @@ class Model:
         key = _tokens_key(tokens)
         trace = self._traces.get(key)
         if trace is None:
-            own = torch.as_tensor(tokens).clone()  # the kept trace's tokens are its own, whatever the caller does with theirs
-            trace = run(self.arch, self.weights, own, dtype=self.dtype) if self.target == "reference" else self._adapter.trace(own)
+            if self.target == "reference":
+                trace = _reference_run(self.arch, self.weights, tokens, self.dtype)
+            else:  # the kept trace's tokens are its own, whatever the caller does with theirs
+                trace = self._adapter.trace(torch.as_tensor(tokens).clone())
             if len(self._traces) >= _KEEP_TRACES:
                 del self._traces[next(iter(self._traces))]  # the oldest
             self._traces[key] = trace
@@ -100,7 +130,7 @@ class Model:
     def trace_of(self, arch: Arch, weights: Weights, tokens: torch.Tensor) -> Trace:
         """The same target carrying other weights (a transformed model); UnsupportedError if its family cannot express ``arch``."""
         if self.target == "reference":
-            return run(arch, weights, tokens, dtype=self.dtype)
+            return _reference_run(arch, weights, tokens, self.dtype)
         from ..numeric.adapters import adapt, adapter_class, build
 
         reason = adapter_class(self.target).cannot_express(arch)

@@ -19,9 +19,10 @@ reference and its seed toward 0.
 
 Speed: every draw costs tens of microseconds in Hypothesis, so strategies are built
 once and reused and an architecture is three draws (two head counts and one byte
-string for the other 20 choices), not 22; a :class:`Model` (``properties/_model.py``) keeps the
-traces of the tokens it ran, so that checking every claim (:meth:`Model.check_all`)
-runs the forward pass once.
+string for the other 20 choices), not 22; ``tokens(arch)`` is one strategy object per
+arguments; a :class:`Model` (``properties/_model.py``) keeps the traces of the tokens it
+ran, so that checking every claim (:meth:`Model.check_all`) runs the forward pass once,
+and shares its weights with every Model of its architecture and seed.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from circuitproof import Arch
-from circuitproof.numeric import run
+from circuitproof.numeric import Weights, run
 from circuitproof.properties import _evaluate
 from circuitproof.properties._bindings import bind_claim, bind_group, pad_group
 from circuitproof.properties._claim import Context
@@ -187,6 +187,23 @@ def test_tokens_changed_in_place_get_a_fresh_trace():
     assert after is not before and torch.equal(after.tokens, torch.tensor([[4, 2, 3]]))
     assert torch.equal(before.tokens, torch.tensor([[1, 2, 3]]))  # the kept trace has its own tokens
     assert model.trace(torch.tensor([[1, 2, 3]])) is before
+
+
+def test_models_of_one_architecture_and_seed_share_weights_and_reference_runs():
+    """Hypothesis draws an architecture, seed and tokens many times over: the weights and the reference's pass are kept."""
+    arch, toks = Arch(n_heads=2, norm="rmsnorm"), torch.tensor([[1, 2, 3]])
+    one, two = Model(arch, seed=5), Model(arch, seed=5)
+    assert one.weights is two.weights and one.weights.equal(Weights.random(arch, 5))
+    assert Model(arch, seed=6).weights is not one.weights
+    trace = one.trace(toks)
+    assert two.trace(torch.tensor([[1, 2, 3]])) is trace
+    assert Model(arch, seed=5, dtype=torch.float32).trace(toks).resid_pre.dtype == torch.float32
+    with torch.inference_mode():  # a pass made in inference mode holds inference tensors: never handed out of it
+        inside = Model(arch, seed=5).trace_of(arch, one.weights, toks)
+    assert inside is not trace and inside.resid_pre.is_inference() and not trace.resid_pre.is_inference()
+    assert one.trace_of(arch, one.weights, toks) is trace  # the same weights and tokens, outside inference mode: the same pass
+    fresh = run(arch, Weights.random(arch, 5), toks)
+    assert all(torch.equal(fresh.tensors()[k], v) for k, v in trace.tensors().items())
 
 
 def test_a_kept_group_plan_binds_another_trace_as_a_fresh_plan_does():
