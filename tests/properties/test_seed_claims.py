@@ -90,3 +90,15 @@ def test_no_erasure_is_judged_layer_by_layer_not_on_an_ill_conditioned_product()
                        norm="none", gated=True, act="relu", mlp_bias=False), seed=184)
     evidence = model.check(SEED_CLAIMS["seed.no_erasure"], torch.tensor([[0]]))
     assert evidence.verdict == PASS, str(evidence)
+
+
+@pytest.mark.xfail(strict=True, reason="open (issue 5): the thorough profile drew this norm-free model, one of whose layers keeps a "
+                   "direction at 8.6e-11 of its Jacobian's largest singular value (1.4e-8 against 166), five orders above rounding "
+                   "but below the claim's fixed threshold of 1e-10, which must also call an RMSNorm's eps-kept direction (1e-12) lost")
+def test_no_erasure_on_a_generic_but_ill_conditioned_layer():
+    from circuitproof.properties.strategies import Model
+
+    model = Model(Arch(n_layers=2, n_heads=4, d_model=11, d_mlp=28, d_vocab=12, n_ctx=10, attn_softcap=5.0, positional="rotary",
+                       rotary_dim=2, norm="none", gated=True, act="silu", mlp_bias=False), seed=1)
+    evidence = model.check(SEED_CLAIMS["seed.no_erasure"], torch.tensor([[6, 4, 8, 1, 7, 11, 5, 1, 9, 7]]))
+    assert evidence.verdict == PASS, str(evidence)
