@@ -31,10 +31,14 @@ layer's map ``x_l -> x_{l+1}`` loses no direction, ``rank(d x_{l+1} / d x_l) = P
 ``rank(d x_L / d e) = rank(d x_0 / d e)`` (``x_0 = e`` without an embedding norm). Layer by
 layer because the product is ill-conditioned: in a norm-free model the stream grows ~25x
 a layer while some directions do not, so after three layers a kept direction can lie at
-``2e-11`` of the largest singular value of ``d x_3 / d e`` (found by the thorough profile)
-and no threshold on the product separates kept from lost; one layer's Jacobian has a
-modest condition number. A singular value below ``1e-10`` of the largest counts as lost:
-rounding leaves a lost direction at ~``1e-16`` (``circuits.eraser_head``).
+``2e-11`` of the largest singular value of ``d x_3 / d e`` (found by the thorough profile).
+A direction counts as lost where its singular value is below the numerical-rank
+threshold, ``n eps`` of the largest for an ``n x n`` Jacobian (:func:`rank_rtol`, the
+convention of LAPACK and ``torch.linalg.matrix_rank``): rounding perturbs every singular
+value by about ``eps`` of the largest, so a lost direction lies below it (``circuits.eraser_head``:
+0; a post-LayerNorm's mean: ~1e-17), and whatever lies above it is kept, however small:
+one generic layer kept a direction at ``9e-11`` of its largest (found by the thorough
+profile), an RMSNorm after the add keeps the stream's scale at ~``1e-12`` through its eps.
 """
 
 from __future__ import annotations
@@ -57,14 +61,23 @@ from ..symbolic.residual import NO_POST_NORM, block_kind
 from ._bindings import bind_claim
 from ._claim import Claim, Comparison, Context, Instance
 
-__all__ = ["RANK_RTOL", "SEED_CLAIMS"]
+__all__ = ["rank_rtol", "SEED_CLAIMS"]
 
 SEED = "seed (../shared/seed/transformer-circuits-framework.txt)"
-RANK_RTOL = 1e-10
+
+
+def rank_rtol(n: int) -> float:
+    """The numerical-rank threshold of an ``n x n`` float64 Jacobian, relative to its largest singular value: ``n eps``.
+
+    Rounding in computing the Jacobian perturbs each singular value by about ``eps`` times
+    the largest, so a direction below ``n eps`` (2.4e-14 for 110 directions) of the largest
+    cannot be told from a lost one, and one above it is kept, however small.
+    """
+    return n * torch.finfo(torch.float64).eps
 NO_EMBED_NORM = Assumption(
     "no embedding norm", "an embedding norm keeps each position's radial direction only through eps (a singular value of "
-    "d x_0 / d e near eps / mean(x^2) of the largest, 4e-7 in a drawn model): whether x_0 keeps it is a matter of the rank "
-    "threshold, and any later norm squashes it below every threshold (7.6e-11 one layer on), so the ranks compare nothing real",
+    "d x_0 / d e near eps / mean(x^2) of the largest, 4e-7 in a drawn model): whether x_0 keeps it is a matter of eps, "
+    "and any later norm squashes it further (7.6e-11 one layer on), so the ranks compare nothing real",
     lambda a: not a.embed_norm)
 _l, _h = sp.Symbol("l", integer=True, nonnegative=True), sp.Symbol("h", integer=True, nonnegative=True)
 _D_HEAD, _D_MODEL = sp.Symbol("d_head^{-1/2}", positive=True), sp.Symbol("d_model^{-1/2}", positive=True)
@@ -205,10 +218,10 @@ def _prepare_no_erasure(ctx: Context, instances: tuple[Instance, ...]) -> None:
             J = torch.autograd.functional.jacobian(lambda v, l=l: block(arch, weights, l, v), x, vectorize=True).reshape(n, n)
             s = torch.linalg.svdvals(J)
             ratio = s / s[:1].clamp_min(torch.finfo(s.dtype).tiny)
-            kept = ratio[ratio > RANK_RTOL]
+            kept = ratio[ratio > rank_rtol(n)]
             worst = min(worst, float(kept.min()) if kept.numel() else 0.0)
             label = f"rank of d x_{l + 1} / d x_{l} (sequence {b}) vs the {n} directions of x_{l}"
-            ctx.comparisons.append(Comparison(label, (ratio > RANK_RTOL).sum().to(torch.float64), torch.tensor(float(n)), l))
+            ctx.comparisons.append(Comparison(label, (ratio > rank_rtol(n)).sum().to(torch.float64), torch.tensor(float(n)), l))
     ctx.notes.append(f"ranks over {n} directions; the smallest kept singular value is {worst:.2e} of the largest")
 
 
@@ -251,7 +264,7 @@ def _claims() -> dict[str, Claim]:
         Claim("seed.no_erasure", "no component erases prior information: rank(d x_{l+1} / d x_l) = P d_model for every layer, "
               "so rank(d x_L / d e) = rank(d x_0 / d e)",
               f"{SEED}, 'No component erases prior information'; 'The residual stream does not compress or gate or route'",
-              "no post-norm (a LayerNorm after the add erases each position's mean exactly, an RMSNorm all but eps of its scale), "
+              "no post-norm (a LayerNorm after the add erases each position's mean exactly; an RMSNorm keeps its scale only through eps), "
               "no embedding norm (it keeps a direction only through eps), and generic weights (a head writing -x erases: "
               "circuits.eraser_head)", (NO_POST_NORM, NO_EMBED_NORM), dict(embed_norm=False), lambda a: (),
               _prepare_no_erasure),
