@@ -31,6 +31,7 @@ import torch
 
 from .. import CircuitproofError
 from ..arch import Arch
+from ._kept import kept_per_weights
 from ._tables import kv_of_head
 from ._trace import Trace
 from ._weights import Weights
@@ -199,25 +200,14 @@ def bind_stacked(kind: str, indices: list[tuple], arch: Arch, weights: Weights, 
 # kinds whose tensor is a function of the weights, their Arch and the dtype alone: the same for every trace of those weights
 WEIGHT_KINDS = frozenset({"W_Q", "W_K", "W_V", "W_O", "W_QK", "W_OV", "W_in", "W_out", "W_U", "W_E", *_BIAS_SHAPES, "final_gain",
                           "final_bias", "centring"})
-_WEIGHT_ATOMS_MAX = 128
-_WEIGHT_ATOMS: dict[tuple, tuple] = {}  # (id(weights), dtype) -> (weights, {(kind, indices, live): tensor})
 
 
 def bound_weight_atoms(weights: Weights, dtype: torch.dtype) -> dict[tuple, object]:
     """The atoms of weight kinds (:data:`WEIGHT_KINDS` and the like) already bound from ``weights`` in ``dtype``,
-    ``(kind, indices, live) -> tensor``, kept per Weights object.
-
-    Weights are immutable, so such an atom bound once serves every trace of them (a drawn
-    model's weights serve every example of its architecture and seed). The weights are
-    kept with the entry, so that their id cannot be reused while it lives; at most
-    ``_WEIGHT_ATOMS_MAX`` entries (the oldest go first).
+    ``(kind, indices, live) -> tensor``, kept with the Weights object (:func:`~circuitproof.numeric._kept.kept_per_weights`):
+    such an atom bound once serves every trace of them.
     """
-    entry = _WEIGHT_ATOMS.get((id(weights), dtype))
-    if entry is None or entry[0] is not weights:
-        if len(_WEIGHT_ATOMS) >= _WEIGHT_ATOMS_MAX:
-            del _WEIGHT_ATOMS[next(iter(_WEIGHT_ATOMS))]
-        entry = _WEIGHT_ATOMS[id(weights), dtype] = (weights, {})
-    return entry[1]
+    return kept_per_weights(weights, ("bound atoms", dtype), dict)
 
 
 def bound_atoms(trace: Trace, weights: Weights) -> dict[tuple, object]:

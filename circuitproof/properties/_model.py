@@ -18,6 +18,7 @@ import torch
 from .. import UnsupportedError
 from ..arch import Arch
 from ..numeric import Trace, Weights, run
+from ..numeric._kept import kept_per_weights
 
 __all__ = ["Model"]
 
@@ -35,29 +36,18 @@ def _random_weights(arch: Arch, seed: int, dtype: torch.dtype) -> Weights:
     return Weights.random(arch, seed, dtype=dtype)
 
 
-_REFERENCE_RUNS_MAX = 64
-_REFERENCE_RUNS: dict[tuple, tuple] = {}  # (id(weights), dtype, inference mode, tokens' key) -> (weights, trace)
-
-
 def _reference_run(arch: Arch, weights: Weights, tokens: torch.Tensor, dtype: torch.dtype) -> Trace:
-    """``run(arch, weights, tokens, dtype=dtype)``, kept per Weights object, dtype and tokens (by shape and values).
+    """``run(arch, weights, tokens, dtype=dtype)``, kept with the Weights object per Arch, dtype and tokens (by shape and values).
 
     A pure function of immutable inputs: a drawn model's weights are shared by every
     example of its architecture and seed, and Hypothesis draws the same tokens for them
     now and then (one ci example in fifteen), so the forward pass, and the transformed
-    weights' reruns, are run once for them. Kept apart in inference mode (its tensors are
-    not ordinary ones); the weights are kept with the entry, so that their id cannot be
-    reused while it lives; at most ``_REFERENCE_RUNS_MAX`` entries (the oldest go first).
+    weights' reruns, are run once for them (:func:`~circuitproof.numeric._kept.kept_per_weights`).
+    Kept apart in inference mode (its tensors are not ordinary ones).
     """
-    key = (id(weights), dtype, torch.is_inference_mode_enabled(), _tokens_key(tokens))
-    entry = _REFERENCE_RUNS.get(key)
-    if entry is not None and entry[0] is weights and entry[1].arch == arch:
-        return entry[1]
-    trace = run(arch, weights, torch.as_tensor(tokens).clone(), dtype=dtype)  # its tokens its own, whatever the caller does
-    if len(_REFERENCE_RUNS) >= _REFERENCE_RUNS_MAX:
-        del _REFERENCE_RUNS[next(iter(_REFERENCE_RUNS))]
-    _REFERENCE_RUNS[key] = (weights, trace)
-    return trace
+    key = ("reference run", arch, dtype, torch.is_inference_mode_enabled(), _tokens_key(tokens))
+    own = torch.as_tensor(tokens).clone()  # the kept trace's tokens are its own, whatever the caller does with theirs
+    return kept_per_weights(weights, key, lambda: run(arch, weights, own, dtype=dtype))
 
 
 def _tokens_key(tokens: torch.Tensor) -> tuple:

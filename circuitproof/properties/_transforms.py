@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -23,30 +22,7 @@ from ..numeric import Weights, weight_shapes
 from ..numeric._tables import kv_of_head
 from ._bindings import as_numpy, gain
 
-__all__ = ["gauge_matrices", "gauged_weights", "per_query_head", "ablated_weights", "folded", "kept_per_weights"]
-
-_KEPT_MAX = 128
-_KEPT: dict[tuple, tuple] = {}  # (id(weights), key) -> (weights, value)
-
-
-def kept_per_weights(weights: Weights, key: tuple, make: Callable[[], object]) -> object:
-    """``make()``, computed once per Weights object and ``key`` and kept: for a transformation of the weights alone.
-
-    Weights are immutable and a drawn model's are shared by every example of its
-    architecture and seed (``_model._random_weights``), so a transformed copy (gauged,
-    folded) serves each of them. The weights are kept with the entry, so that their id
-    cannot be reused while it lives; at most ``_KEPT_MAX`` entries (the oldest go first).
-    The value is shared: callers must not change it.
-    """
-    entry = _KEPT.get((id(weights), key))
-    if entry is not None and entry[0] is weights:
-        return entry[1]
-    value = make()
-    if len(_KEPT) >= _KEPT_MAX:
-        del _KEPT[next(iter(_KEPT))]
-    _KEPT[id(weights), key] = (weights, value)
-    return value
-
+__all__ = ["gauge_matrices", "gauged_weights", "per_query_head", "ablated_weights", "folded"]
 
 # ------------------------------------------------------------------ compiled definitions
 @functools.lru_cache(maxsize=None)

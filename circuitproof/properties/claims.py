@@ -163,7 +163,8 @@ def _unembed_norm(arch: Arch) -> str:
 # ------------------------------------------------------------------ reruns
 def _prepare_gauge(ctx: Context, instances: tuple[Instance, ...]) -> None:
     """Gauge every head (M, N per key/value head), rerun, compare logits and patterns; bind M, N and the primed weights per head."""
-    from ._transforms import gauge_matrices, kept_per_weights
+    from ..numeric._kept import kept_per_weights
+    from ._transforms import gauge_matrices
 
     arch, w, dtype = ctx.arch, ctx.weights, ctx.trace.resid_pre.dtype
     M, N, note = gauge_matrices(arch, general_qk=not ctx.assume)
@@ -268,7 +269,8 @@ def _prepare_patching(ctx: Context, instances: tuple[Instance, ...]) -> None:
 def _prepare_folding(ctx: Context, instances: tuple[Instance, ...]) -> None:
     """Fold every foldable norm and centre W_U (the symbolic definitions), rerun, compare log-probabilities; bind the centred weights."""
     from ._bindings import bind_claim
-    from ._transforms import folded, kept_per_weights
+    from ..numeric._kept import kept_per_weights
+    from ._transforms import folded
 
     arch2, w2, done = kept_per_weights(ctx.weights, ("folded",), lambda: folded(ctx.arch, ctx.weights))
     ctx.notes.append(f"folded {', '.join(done) or 'no norm'}; W_U centred")

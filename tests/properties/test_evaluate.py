@@ -149,10 +149,11 @@ def test_a_model_keeps_the_trace_of_the_same_tokens_and_runs_other_tokens_afresh
     b = model.trace(torch.tensor([[1, 2, 4]]))
     assert b is not a and not torch.equal(b.logits, a.logits)
     assert torch.equal(b.logits, run(model.arch, model.weights, torch.tensor([[1, 2, 4]])).logits)
-    from circuitproof.properties._model import _KEEP_TRACES, _REFERENCE_RUNS_MAX
+    from circuitproof.numeric._kept import _KEPT_MAX
+    from circuitproof.properties._model import _KEEP_TRACES
 
-    for i in range(_REFERENCE_RUNS_MAX + 1):  # only the last few are kept, by the model and by the reference's cache
-        model.trace(torch.tensor([[i // 8, i % 8, 0]]))
+    for i in range(_KEPT_MAX + 1):  # only the last few are kept, by the model and with its weights (numeric._kept)
+        model.trace(torch.tensor([[i % 16, i // 16 % 16, i // 256, 0]]))
     assert len(model._traces) == _KEEP_TRACES
     assert model.trace(torch.tensor([[1, 2, 3]])) is not a
 
