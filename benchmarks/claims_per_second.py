@@ -32,11 +32,20 @@ forward pass (the machine's speed moves by up to 2x from one minute to the next,
 and the full check's the most). The workload line gives the mean size of the drawn
 examples: how much work an architecture is depends on what the strategies draw. A warm-up pass over the same examples comes first, untimed: it compiles
 the symbolic identities the examples meet (sympy, once per process) and imports.
+
+Garbage collection: after the warm-up, the objects alive (torch's, sympy's,
+Hypothesis' and ours, about 300,000) are frozen (``gc.freeze``), as
+``tests/conftest.py`` does once the test modules are imported, so that Python's full
+collections, about one per 400 examples, do not traverse them (200-300 ms each).
+Each round also times the full check with them unfrozen (``full, no gc.freeze``):
+what a process that does not freeze them pays. The fixed-workload modes freeze after
+their warm-up too (a full collection falling in one version's turn would bias the ratio).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -124,29 +133,35 @@ def reference(n: int, repeat: int) -> float:
     _given(strategy, full, n)  # warm-up: every identity these examples meet compiled once
     drawn = []
     _given(strategy, lambda m, t: drawn.append((m.arch, m.weights, t)), n)
+    gc.freeze()  # as tests/conftest.py does once the test modules are imported (module docstring)
     verdicts.clear()
-    passes: dict[str, list] = {"draw": [], "forward": [], "full": [], "floor": []}
+    passes: dict[str, list] = {"draw": [], "forward": [], "full": [], "unfrozen": [], "floor": []}
     for _ in range(repeat):  # a round: one pass of each step, so that each sees the machine as the others do
         passes["draw"].append(_given(strategy, lambda m, t: None, n))
         passes["forward"].append(_given(strategy, lambda m, t: m.trace(t), n))
         passes["full"].append(_given(strategy, full, n))
+        gc.unfreeze()  # the same pass with every object in the collector's reach
+        passes["unfrozen"].append(_given(strategy, full, n))
+        gc.freeze()
         passes["floor"].append(_loop(drawn, lambda a, w, t: run(a, w, t)))
-    t_draw, t_fwd, t_full, t_floor = (_best(passes[step]) for step in ("draw", "forward", "full", "floor"))
+    t_draw, t_fwd, t_full, t_unfrozen, t_floor = (_best(passes[step]) for step in ("draw", "forward", "full", "unfrozen", "floor"))
     k = t_full[2]
-    counts = ", ".join(f"{c // repeat} {v}" for v, c in sorted(verdicts.items()))
+    counts = ", ".join(f"{c // (2 * repeat)} {v}" for v, c in sorted(verdicts.items()))
     print(f"\nreference: {k} examples, {len(claims)} claims each ({counts})")
     print("  workload (means over the examples): " + _workload(drawn))
     print(f"  {'step':<30}{'ms/arch':>9}{'archs/s':>10}{'(CPU)':>10}{'x forward':>10}")
     for name, timing in (("draw (Hypothesis)", t_draw), ("draw + weights + forward", t_fwd), ("full: + every claim", t_full),
-                         ("forward alone (the floor)", t_floor)):
+                         ("full, no gc.freeze", t_unfrozen), ("forward alone (the floor)", t_floor)):
         print(_row(name, timing, t_floor[0] / t_floor[2] * timing[2]))
     rates = sorted(p[2] / p[0] for p in passes["full"])
     ratios = [(f[0] / f[2]) / (g[0] / g[2]) for f, g in zip(passes["full"], passes["floor"])]  # round by round
     print(f"  passes of the full check, archs/s: best {rates[-1]:.1f}, median {statistics.median(rates):.1f}, worst {rates[0]:.1f}; "
           f"full / floor, round by round: {', '.join(f'{r:.1f}' for r in ratios)}")
+    unfrozen = sorted(p[2] / p[0] for p in passes["unfrozen"])
+    print(f"  passes without gc.freeze, archs/s: best {unfrozen[-1]:.1f}, median {statistics.median(unfrozen):.1f}, worst {unfrozen[0]:.1f}")
     bad = sum(c for v, c in verdicts.items() if v in ("FAIL", "INCONCLUSIVE"))
     if bad:
-        print(f"  WARNING: {bad // repeat} FAIL or INCONCLUSIVE verdicts", file=sys.stderr)
+        print(f"  WARNING: {bad // (2 * repeat)} FAIL or INCONCLUSIVE verdicts", file=sys.stderr)
     return k / t_full[0]
 
 
@@ -231,6 +246,7 @@ def fixed_workload(path: str, repeat: int) -> None:
     drawn = _read_workload(path, circuitproof)
     checks = [(f,) for f in _checks(circuitproof, drawn)]
     _loop(checks, lambda f: f())  # warm-up: every identity these examples meet compiled once
+    gc.freeze()  # as the reference's figures do (module docstring)
     timing = _best([_loop(checks, lambda f: f()) for _ in range(repeat)])
     print(f"\nfixed workload {path}: {len(drawn)} examples ({_workload(drawn)})")
     print(f"  circuitproof from {os.path.dirname(circuitproof.__file__)}")
@@ -268,6 +284,7 @@ def compare(path: str, checkout: str, repeat: int) -> None:
     ours, theirs = (_checks(p, _read_workload(path, p)) for p in (circuitproof, other))
     for f in ours + theirs:  # warm-up: every identity compiled once, in each version
         f()
+    gc.freeze()  # a full collection in one version's turn would count against it alone (module docstring)
     clock = time.perf_counter
     rows = []
     for p in range(repeat):

@@ -366,7 +366,7 @@ def run(arch: Arch, weights: Weights, tokens: torch.Tensor, *, dtype: torch.dtyp
     """
     from .. import WeightsError
 
-    if weights.arch != arch:
+    if weights.arch is not arch and weights.arch != arch:  # a dataclass' == compares every field, even of one object
         raise WeightsError(f"run: weights are for {weights.arch!r}, not for {arch!r}")
     tokens = _check_tokens(arch, tokens)
     w = weights.to(dtype) if weights.dtype != dtype else weights

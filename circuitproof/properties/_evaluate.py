@@ -105,13 +105,14 @@ def _errors(a: np.ndarray, b: np.ndarray, magnitude: object | None, n: int, rank
         return [(0.0, 0.0)] * n, lambda i: ((), shape)
     diff = np.abs(a - b)
     m = _leading(magnitude, rank) if magnitude is not None else None
-    # every entry finite (the common case): the maxima of |a - b|, |b| and |m| over each instance's entries, one reduction
-    # each; a part without the instance axis (the same for every instance) has one maximum, which serves them all
-    parts = [diff, np.abs(b)] + ([np.abs(m)] if m is not None else [])
+    # every entry finite (the common case): the maxima of |a - b| and of max(|b|, |m|) (the scale) over each instance's
+    # entries, one reduction each; a part without the instance axis (the same for every instance) has one maximum, which
+    # serves them all
+    parts = (diff, np.abs(b) if m is None else np.maximum(np.abs(b), np.abs(m)))
     maxima = [[p.max().item()] if len(p) == 1 else p.reshape(len(p), -1).max(axis=1).tolist() for p in parts]  # NaN and inf propagate
     maxima = [row * n if len(row) < n else row for row in maxima]  # one maximum serves every instance
-    if math.isfinite(sum(map(sum, maxima))):  # no NaN or inf (an overflowing sum of finite ones takes the general path below, as right)
-        max_abs, scale = maxima[0], (maxima[1] if len(maxima) == 2 else list(map(max, maxima[1], maxima[2])))
+    if math.isfinite(sum(maxima[0]) + sum(maxima[1])):  # no NaN or inf (an overflowing sum of finite ones takes the general path below, as right)
+        max_abs, scale = maxima
 
         def locate(i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
             return _unravel(int(diff[i if len(diff) > 1 else 0].argmax()), shape), shape

@@ -86,7 +86,9 @@ class Model:
     @functools.cached_property
     def weights(self) -> Weights:
         """``Weights.random(arch, seed, dtype)``: the same (read-only) object for every Model of that architecture and seed."""
-        return _random_weights(self.arch, self.seed, self.dtype)
+        weights = _random_weights(self.arch, self.seed, self.dtype)
+        self.arch = weights.arch  # the equal Arch the kept weights were made for: identity checks (``is``) then settle equality
+        return weights
 
     @functools.cached_property
     def _adapter(self):
