@@ -146,9 +146,7 @@ class Weights(Mapping[str, torch.Tensor]):
 
     def get(self, name: str, default: object = None) -> torch.Tensor | object:
         """``self[name]``, or ``default`` for a tensor the architecture does not have (one dict lookup, no exception)."""
-        if name == "W_U" and self.arch.tied:
-            return self._tensors["W_E"].T
-        return self._tensors.get(name, default)
+        return self[name] if name in self._tensors or name == "W_U" else default  # W_U: tied, __getitem__'s W_E^T
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Weights are read-only; build new ones with Weights(arch, {...})")

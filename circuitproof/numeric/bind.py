@@ -46,13 +46,10 @@ class Unbindable(CircuitproofError):
 
 def _written(arch: Arch, trace: Trace, part: str, l: int) -> torch.Tensor:
     """What sublayer ``part`` ("attn" or "mlp") adds to the stream at layer ``l``: after its output norm, if any."""
-    raw = trace.attn_out if part == "attn" else trace.mlp_out
-    if raw is None:
+    layered = _layered_written(arch, trace, part)
+    if layered is None:
         raise Unbindable(f"the trace has no {part}_out")
-    slot = f"{part}_out"
-    if arch.has_norm and arch.norm_placement in ("output", "sandwich"):
-        return trace.norms[slot].output[l]
-    return raw[l]
+    return layered[l]
 
 
 def _final_scale(arch: Arch, weights: Weights, trace: Trace) -> torch.Tensor:

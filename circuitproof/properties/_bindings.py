@@ -124,7 +124,7 @@ def _extra(kind: str, idx: tuple, arch: Arch, w: Weights, t: Trace, live: bool) 
     dtype, P = t.resid_pre.dtype, t.tokens.shape[1]
     D = arch.d_model
     if kind == "onehot":
-        return torch.eye(arch.d_vocab, dtype=dtype)[t.tokens]  # row t of the identity (a fifth of one_hot(...).to(dtype)'s cost)
+        return torch.nn.functional.one_hot(t.tokens, arch.d_vocab).to(dtype)
     if kind == "positions":
         return w.W_pos[:P] if arch.positional == "learned" else torch.zeros(P, D, dtype=dtype)
     if kind == "embed_gain":

@@ -46,8 +46,8 @@ def _reference_run(arch: Arch, weights: Weights, tokens: torch.Tensor, dtype: to
     Kept apart in inference mode (its tensors are not ordinary ones).
     """
     key = ("reference run", arch, dtype, torch.is_inference_mode_enabled(), _tokens_key(tokens))
-    own = torch.as_tensor(tokens).clone()  # the kept trace's tokens are its own, whatever the caller does with theirs
-    return kept_per_weights(weights, key, lambda: run(arch, weights, own, dtype=dtype))
+    # the kept trace's tokens are its own, whatever the caller does with theirs
+    return kept_per_weights(weights, key, lambda: run(arch, weights, torch.as_tensor(tokens).clone(), dtype=dtype))
 
 
 def _tokens_key(tokens: torch.Tensor) -> tuple:
@@ -86,9 +86,7 @@ class Model:
     @functools.cached_property
     def weights(self) -> Weights:
         """``Weights.random(arch, seed, dtype)``: the same (read-only) object for every Model of that architecture and seed."""
-        weights = _random_weights(self.arch, self.seed, self.dtype)
-        self.arch = weights.arch  # the equal Arch the kept weights were made for: identity checks (``is``) then settle equality
-        return weights
+        return _random_weights(self.arch, self.seed, self.dtype)
 
     @functools.cached_property
     def _adapter(self):
