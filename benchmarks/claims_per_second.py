@@ -1,6 +1,6 @@
 """How many random architectures a second get the whole claims catalogue checked, on one core.
 
-Run: python benchmarks/claims_per_second.py [--examples 400] [--family-examples 12] [--repeat 3]
+Run: python benchmarks/claims_per_second.py [--examples 400] [--family-examples 12] [--repeat 3] [--by-claim]
      python benchmarks/claims_per_second.py --save-workload FILE     (draw the examples once)
      PYTHONPATH=CHECKOUT python benchmarks/claims_per_second.py --workload FILE   (time a version of the code on them)
      python benchmarks/claims_per_second.py --workload FILE --compare-with CHECKOUT   (this code against CHECKOUT's, interleaved)
@@ -21,6 +21,12 @@ For real transformers models (``models(family)`` per family), the full check on
 the family's own forward pass (building the model, its trace, every claim, the
 reruns built as models of the family), beside the peer step: the bare transformers
 forward pass ``model(input_ids)`` of the same built models.
+
+A ``target`` line says whether the best and the median pass of the full check reach
+200 archs/s, the target for the reference in the ci profile, and how many passes do.
+``--by-claim`` adds each claim's share of the full check: the same examples without
+Hypothesis, a fresh ``Model`` each, its weights and trace timed, then each claim's
+``Model.check``, per architecture and per architecture where the claim applies.
 
 Each figure is the best of ``--repeat`` timed passes (the machine may be shared:
 the best pass is the least disturbed one), wall clock and, beside it, the process'
@@ -116,8 +122,11 @@ def _workload(drawn) -> str:
             f"attention-only {mean(lambda a, t: a.attn_only):.2f}")
 
 
-def reference(n: int, repeat: int) -> float:
-    """Print the reference's figures; return archs/s of the full check (wall)."""
+TARGET = 200.0  # archs/s for the reference in the ci profile (issue 5, point 6)
+
+
+def reference(n: int, repeat: int, by_claim: bool = False) -> float:
+    """Print the reference's figures (and, with ``by_claim``, each claim's share); return archs/s of the full check (wall)."""
     from circuitproof.numeric import run
     from circuitproof.properties.claims import CLAIMS
     from circuitproof.properties.strategies import models
@@ -131,8 +140,8 @@ def reference(n: int, repeat: int) -> float:
             verdicts[e.verdict] = verdicts.get(e.verdict, 0) + 1
 
     _given(strategy, full, n)  # warm-up: every identity these examples meet compiled once
-    drawn = []
-    _given(strategy, lambda m, t: drawn.append((m.arch, m.weights, t)), n)
+    drawn, examples = [], []
+    _given(strategy, lambda m, t: (drawn.append((m.arch, m.weights, t)), examples.append((m.arch, m.seed, t))), n)
     gc.freeze()  # as tests/conftest.py does once the test modules are imported (module docstring)
     verdicts.clear()
     passes: dict[str, list] = {"draw": [], "forward": [], "full": [], "unfrozen": [], "floor": []}
@@ -159,10 +168,47 @@ def reference(n: int, repeat: int) -> float:
           f"full / floor, round by round: {', '.join(f'{r:.1f}' for r in ratios)}")
     unfrozen = sorted(p[2] / p[0] for p in passes["unfrozen"])
     print(f"  passes without gc.freeze, archs/s: best {unfrozen[-1]:.1f}, median {statistics.median(unfrozen):.1f}, worst {unfrozen[0]:.1f}")
+    at_target = sum(r >= TARGET for r in rates)
+    print(f"  target {TARGET:.0f} archs/s: best pass {'met' if rates[-1] >= TARGET else 'MISSED'}, median pass "
+          f"{'met' if statistics.median(rates) >= TARGET else 'MISSED'}; {at_target} of {len(rates)} passes at or above it")
+    if by_claim:
+        _by_claim(examples, claims, repeat)
     bad = sum(c for v, c in verdicts.items() if v in ("FAIL", "INCONCLUSIVE"))
     if bad:
         print(f"  WARNING: {bad // (2 * repeat)} FAIL or INCONCLUSIVE verdicts", file=sys.stderr)
     return k / t_full[0]
+
+
+def _by_claim(examples, claims, repeat: int) -> None:
+    """Each claim's share of the full check, on the same examples without Hypothesis: a fresh ``Model`` an example, its
+    weights and trace timed first, then ``Model.check`` of each claim in catalogue order (what ``check_all`` does); the
+    figures of the least disturbed of ``repeat`` passes."""
+    from circuitproof.properties.strategies import Model
+
+    clock, best = time.perf_counter, None
+    for _ in range(repeat):
+        spent, applies, t_trace = dict.fromkeys((c.id for c in claims), 0.0), dict.fromkeys((c.id for c in claims), 0), 0.0
+        for arch, seed, toks in examples:
+            model = Model(arch, seed)
+            t0 = clock()
+            model.trace(toks)
+            t_trace += clock() - t0
+            for claim in claims:
+                t0 = clock()
+                evidence = model.check(claim, toks)
+                spent[claim.id] += clock() - t0
+                applies[claim.id] += evidence.verdict != "NOT_APPLICABLE"
+        total = t_trace + sum(spent.values())
+        if best is None or total < best[0]:
+            best = (total, t_trace, spent, applies)
+    total, t_trace, spent, applies = best
+    k = len(examples)
+    print(f"\n  by claim, without Hypothesis ({k} examples, {1e3 * total / k:.2f} ms/arch in all, the least disturbed of {repeat} passes):")
+    print(f"  {'':<34}{'us/arch':>9}{'share':>7}{'applies':>9}{'us where it applies':>21}")
+    print(f"  {'weights + forward (Model.trace)':<34}{1e6 * t_trace / k:>9.0f}{t_trace / total:>7.0%}{k:>9}{1e6 * t_trace / k:>21.0f}")
+    for cid in sorted(spent, key=spent.get, reverse=True):
+        where = f"{1e6 * spent[cid] / applies[cid]:>21.0f}" if applies[cid] else f"{'':>21}"
+        print(f"  {cid:<34}{1e6 * spent[cid] / k:>9.0f}{spent[cid] / total:>7.0%}{applies[cid]:>9}{where}")
 
 
 def families(names: list[str], n: int, repeat: int) -> None:
@@ -317,6 +363,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per figure, the best reported (default 3)")
     parser.add_argument("--save-workload", metavar="FILE", help="draw --examples reference examples, write them to FILE, and stop")
     parser.add_argument("--workload", metavar="FILE", help="time only weights, forward and every claim on FILE's examples")
+    parser.add_argument("--by-claim", action="store_true", help="also time each claim's check on the reference's examples")
     parser.add_argument("--compare-with", metavar="CHECKOUT", help="with --workload: time this code against CHECKOUT's, "
                         "interleaved example by example in one process (the ratio cancels the machine's drift)")
     args = parser.parse_args()
@@ -338,7 +385,7 @@ def main() -> None:
         else:
             fixed_workload(args.workload, args.repeat)
         return
-    reference(args.examples, args.repeat)
+    reference(args.examples, args.repeat, args.by_claim)
     if args.family_examples:
         try:
             import transformers
