@@ -140,8 +140,9 @@ def reference(n: int, repeat: int, by_claim: bool = False) -> float:
             verdicts[e.verdict] = verdicts.get(e.verdict, 0) + 1
 
     _given(strategy, full, n)  # warm-up: every identity these examples meet compiled once
-    drawn, examples = [], []
-    _given(strategy, lambda m, t: (drawn.append((m.arch, m.weights, t)), examples.append((m.arch, m.seed, t))), n)
+    models_drawn = []
+    _given(strategy, lambda m, t: models_drawn.append((m, t)), n)
+    drawn = [(m.arch, m.weights, t) for m, t in models_drawn]
     gc.freeze()  # as tests/conftest.py does once the test modules are imported (module docstring)
     verdicts.clear()
     passes: dict[str, list] = {"draw": [], "forward": [], "full": [], "unfrozen": [], "floor": []}
@@ -172,7 +173,7 @@ def reference(n: int, repeat: int, by_claim: bool = False) -> float:
     print(f"  target {TARGET:.0f} archs/s: best pass {'met' if rates[-1] >= TARGET else 'MISSED'}, median pass "
           f"{'met' if statistics.median(rates) >= TARGET else 'MISSED'}; {at_target} of {len(rates)} passes at or above it")
     if by_claim:
-        _by_claim(examples, claims, repeat)
+        _by_claim([(m.arch, m.seed, t) for m, t in models_drawn], claims, repeat)
     bad = sum(c for v, c in verdicts.items() if v in ("FAIL", "INCONCLUSIVE"))
     if bad:
         print(f"  WARNING: {bad // (2 * repeat)} FAIL or INCONCLUSIVE verdicts", file=sys.stderr)

@@ -74,6 +74,8 @@ def rank_rtol(n: int) -> float:
     cannot be told from a lost one, and one above it is kept, however small.
     """
     return n * torch.finfo(torch.float64).eps
+
+
 NO_EMBED_NORM = Assumption(
     "no embedding norm", "an embedding norm keeps each position's radial direction only through eps (a singular value of "
     "d x_0 / d e near eps / mean(x^2) of the largest, 4e-7 in a drawn model): whether x_0 keeps it is a matter of eps, "
@@ -211,17 +213,17 @@ def _prepare_no_erasure(ctx: Context, instances: tuple[Instance, ...]) -> None:
     weights = ctx.weights.to(torch.float64)
     B, P = trace.tokens.shape
     n = P * arch.d_model
-    worst = 1.0
+    threshold, worst = rank_rtol(n), 1.0
     for b in range(B):
         for l in range(arch.n_layers):
             x = trace.resid_pre[l, b : b + 1].to(torch.float64).detach()  # [1, P, D]
             J = torch.autograd.functional.jacobian(lambda v, l=l: block(arch, weights, l, v), x, vectorize=True).reshape(n, n)
             s = torch.linalg.svdvals(J)
             ratio = s / s[:1].clamp_min(torch.finfo(s.dtype).tiny)
-            kept = ratio[ratio > rank_rtol(n)]
+            kept = ratio[ratio > threshold]
             worst = min(worst, float(kept.min()) if kept.numel() else 0.0)
             label = f"rank of d x_{l + 1} / d x_{l} (sequence {b}) vs the {n} directions of x_{l}"
-            ctx.comparisons.append(Comparison(label, (ratio > rank_rtol(n)).sum().to(torch.float64), torch.tensor(float(n)), l))
+            ctx.comparisons.append(Comparison(label, torch.tensor(float(kept.numel()), dtype=torch.float64), torch.tensor(float(n)), l))
     ctx.notes.append(f"ranks over {n} directions; the smallest kept singular value is {worst:.2e} of the largest")
 
 
