@@ -4,6 +4,7 @@ Run: python benchmarks/claims_per_second.py [--examples 400] [--family-examples 
      python benchmarks/claims_per_second.py --save-workload FILE     (draw the examples once)
      PYTHONPATH=CHECKOUT python benchmarks/claims_per_second.py --workload FILE   (time a version of the code on them)
      python benchmarks/claims_per_second.py --workload FILE --compare-with CHECKOUT   (this code against CHECKOUT's, interleaved)
+     python benchmarks/claims_per_second.py --workload FILE --count-calls   (torch calls an architecture, claim by claim)
 
 One process, one torch thread, Hypothesis with the ci profile's settings
 (derandomized, no database, no deadline): the same examples every run. For the
@@ -301,6 +302,70 @@ def fixed_workload(path: str, repeat: int) -> None:
     print(_row("weights + forward + every claim", timing, None))
 
 
+def count_calls(path: str) -> None:
+    """Torch calls an architecture, claim by claim, on the examples of ``path``: figures the machine's drift does not move.
+
+    Counts every call through torch's Python API (a ``torch.overrides.TorchFunctionMode``: operations, indexing,
+    conversions) except reads of a tensor's properties (``.shape``, ``.dtype``, ...), on a fresh ``Model`` an example:
+    its weights and trace first, then each claim's ``Model.check`` in catalogue order (what ``check_all`` does); and the
+    reference's forward passes (calls of ``circuitproof.numeric.reference._forward``, wrapped for the count and restored).
+    After a warm-up pass, what is kept per Weights object is dropped: the count is that of a first pass over the examples.
+    NumPy's operations (the compiled programs, the error measurements) are not counted. The counts are a function of the
+    code and the examples alone: two versions compare by them without interleaving
+    (``PYTHONPATH=<checkout> ... --workload FILE --count-calls`` counts another checkout's).
+    """
+    import circuitproof
+    from circuitproof.numeric import _kept
+    from circuitproof.numeric import reference as ref
+    from circuitproof.properties import _model
+    from circuitproof.properties.claims import CLAIMS
+    from circuitproof.properties.strategies import Model
+    from torch.overrides import TorchFunctionMode
+
+    drawn, claims = _read_workload(path, circuitproof), list(CLAIMS.values())
+    calls: dict[str, int] = dict.fromkeys(["weights + forward (Model.trace)"] + [c.id for c in claims], 0)
+    where = ["weights + forward (Model.trace)"]
+
+    class Count(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") != "__get__":  # a property read (.shape, .dtype): not an operation
+                calls[where[0]] += 1
+            return func(*args, **(kwargs or {}))
+
+    passes, forward = [0], ref._forward
+
+    def counted_forward(*args, **kwargs):
+        passes[0] += 1
+        return forward(*args, **kwargs)
+
+    for arch, seed, toks in drawn:  # warm-up: every identity these examples meet compiled, and the caches kept per shape
+        _check_all(Model(arch, seed), claims, toks)
+    # what is kept per Weights object (drawn weights, their traces and transformed copies) is dropped, so that the count
+    # is of a first pass over these examples whatever ran before in the process: each example's weights drawn and its
+    # passes run, except where the workload repeats an example (as the Hypothesis run it was drawn from does)
+    _kept._KEPT.clear()
+    _model._random_weights.cache_clear()
+    ref._forward = counted_forward
+    try:
+        with Count():
+            for arch, seed, toks in drawn:
+                model, where[0] = Model(arch, seed), "weights + forward (Model.trace)"
+                model.trace(toks)
+                for claim in claims:
+                    where[0] = claim.id
+                    model.check(claim, toks)
+    finally:
+        ref._forward = forward
+    k = len(drawn)
+    print(f"\ntorch calls, fixed workload {path}: {len(drawn)} examples ({_workload(drawn)})")
+    print(f"  circuitproof from {os.path.dirname(circuitproof.__file__)}")
+    print(f"  {sum(calls.values()) / k:.1f} torch calls an architecture in all; {passes[0] / k:.2f} reference forward passes")
+    print(f"  {'':<34}{'calls/arch':>11}{'share':>7}")
+    total = sum(calls.values()) or 1
+    for name in sorted(calls, key=calls.get, reverse=True):
+        print(f"  {name:<34}{calls[name] / k:>11.1f}{calls[name] / total:>7.0%}")
+
+
 def _import_checkout(checkout: str):
     """The ``circuitproof`` package of another checkout, imported as ``circuitproof_other`` beside this one (its imports
     are relative, so it runs as itself)."""
@@ -367,6 +432,8 @@ def main() -> None:
     parser.add_argument("--by-claim", action="store_true", help="also time each claim's check on the reference's examples")
     parser.add_argument("--compare-with", metavar="CHECKOUT", help="with --workload: time this code against CHECKOUT's, "
                         "interleaved example by example in one process (the ratio cancels the machine's drift)")
+    parser.add_argument("--count-calls", action="store_true", help="with --workload: count torch calls an architecture, claim by "
+                        "claim, and the reference's forward passes, instead of timing (figures the machine's drift does not move)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import hypothesis
@@ -374,14 +441,19 @@ def main() -> None:
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread; hypothesis {hypothesis.__version__}; python {platform.python_version()}")
-    print(f"figures: the best of {args.repeat} passes; archs/s by the wall clock and, in brackets, by the process' CPU time")
+    if not args.count_calls:
+        print(f"figures: the best of {args.repeat} passes; archs/s by the wall clock and, in brackets, by the process' CPU time")
     if args.save_workload:
         save_workload(args.save_workload, args.examples)
         return
     if args.compare_with and not args.workload:
         parser.error("--compare-with needs --workload FILE (the examples both versions check)")
+    if args.count_calls and not args.workload:
+        parser.error("--count-calls needs --workload FILE (the examples to count on)")
     if args.workload:
-        if args.compare_with:
+        if args.count_calls:
+            count_calls(args.workload)
+        elif args.compare_with:
             compare(args.workload, args.compare_with, args.repeat)
         else:
             fixed_workload(args.workload, args.repeat)

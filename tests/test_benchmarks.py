@@ -44,3 +44,25 @@ def test_a_saved_workload_is_checked_by_the_code_it_is_given(benchmark, tmp_path
     assert len(drawn) == 3 and all(tokens.dim() == 2 for _, _, tokens in drawn)
     benchmark.fixed_workload(str(path), 1)
     assert "weights + forward + every claim" in capsys.readouterr().out
+
+
+def test_counting_torch_calls_gives_each_claims_count_the_same_twice_and_restores_the_forward_pass(benchmark, tmp_path, capsys):
+    from circuitproof.numeric import reference
+    from circuitproof.properties.claims import CLAIMS
+
+    path = tmp_path / "workload.json"
+    benchmark.save_workload(str(path), 3)
+    capsys.readouterr()
+    forward = reference._forward
+    benchmark.count_calls(str(path))
+    first = capsys.readouterr().out
+    benchmark.count_calls(str(path))
+    second = capsys.readouterr().out
+    assert reference._forward is forward  # the wrapper that counts the passes is taken off
+    assert first == second  # a count, not a timing: the same code and examples give the same figures
+    total = next(line for line in first.splitlines() if "torch calls an architecture in all" in line)
+    calls, passes = float(total.split()[0]), float(total.split(";")[1].split()[0])
+    assert calls > 0 and passes >= 1  # at least the trace's own forward pass, an example
+    table = first.split("calls/arch")[1].splitlines()[1:]
+    rows = {line.split()[0]: float(line.split()[-2]) for line in table if line.strip()}
+    assert set(CLAIMS) <= set(rows) and rows["weights"] > 0  # every claim has its row; the trace's calls are counted
