@@ -170,6 +170,38 @@ def test_check_all_equals_checking_each_claim_on_a_fresh_model(model, data):
     assert any(e.verdict == PASS for e in together)
 
 
+# the forward passes a claim adds to the trace's own where it applies: a rerun with transformed weights (gauge, folding),
+# every head's intervention as a copy in one batched pass (ablation), and the source run before it (patching)
+_PASSES = {"attention.gauge": 1, "norm.folding": 1, "ablation.direct_effect": 1, "patching.direct_effect": 2}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model=models("reference"), data=st.data())
+def test_check_all_runs_each_forward_pass_it_needs_once(model, data):
+    """The trace once for every claim, and each rerun or intervention once, whatever the number of heads (the speed
+    of the catalogue is a count of operations: benchmarks/claims_per_second.py)."""
+    from unittest import mock
+
+    from circuitproof.numeric import _kept, reference
+    from circuitproof.properties import _model
+
+    toks = data.draw(tokens(model.arch))
+    claims = list(CLAIMS.values())
+    _kept._KEPT.clear()  # nothing kept from an earlier example: every pass this check needs is run here
+    _model._random_weights.cache_clear()
+    fresh = Model(model.arch, model.seed)
+    with mock.patch.object(reference, "_forward", side_effect=reference._forward) as forward:
+        evidence = fresh.check_all(claims, toks)
+    needed = 1 + sum(n for claim_id, n in _PASSES.items() if CLAIMS[claim_id].applies(model.arch)[0])
+    assert forward.call_count == needed, [(e.claim, e.verdict) for e in evidence]
+    with mock.patch.object(reference, "_forward", side_effect=reference._forward) as forward:
+        assert fresh.check_all(claims, toks) == evidence
+    # again on the same tokens: the trace and the reruns with transformed weights are kept; the interventions run again
+    again = sum(n for claim_id, n in _PASSES.items() if claim_id in ("ablation.direct_effect", "patching.direct_effect")
+                and CLAIMS[claim_id].applies(model.arch)[0])
+    assert forward.call_count == again
+
+
 def test_bindings_are_kept_with_the_trace_and_not_with_a_replaced_one():
     from circuitproof.numeric.bind import bound_atoms
 
