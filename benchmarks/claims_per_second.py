@@ -52,6 +52,7 @@ their warm-up too (a full collection falling in one version's turn would bias th
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import platform
@@ -181,36 +182,43 @@ def reference(n: int, repeat: int, by_claim: bool = False) -> float:
     return k / t_full[0]
 
 
-def _by_claim(examples, claims, repeat: int) -> None:
-    """Each claim's share of the full check, on the same examples without Hypothesis: a fresh ``Model`` an example, its
-    weights and trace timed first, then ``Model.check`` of each claim in catalogue order (what ``check_all`` does); the
-    figures of the least disturbed of ``repeat`` passes."""
+_TRACE_STEP = "weights + forward (Model.trace)"
+
+
+def _steps(examples, claims):
+    """``(step, run)`` of the full check, example by example: a fresh ``Model``'s weights and trace (:data:`_TRACE_STEP`),
+    then each claim's ``Model.check`` in catalogue order (what ``check_all`` does); ``run()`` does the step and returns
+    its result."""
     from circuitproof.properties.strategies import Model
 
+    for arch, seed, toks in examples:
+        model = Model(arch, seed)
+        yield _TRACE_STEP, functools.partial(model.trace, toks)
+        for claim in claims:
+            yield claim.id, functools.partial(model.check, claim, toks)
+
+
+def _by_claim(examples, claims, repeat: int) -> None:
+    """Each claim's share of the full check, on the same examples without Hypothesis (:func:`_steps`), the figures of the
+    least disturbed of ``repeat`` passes."""
     clock, best, ids = time.perf_counter, None, [c.id for c in claims]
     for _ in range(repeat):
-        spent, applies, t_trace = dict.fromkeys(ids, 0.0), dict.fromkeys(ids, 0), 0.0
-        for arch, seed, toks in examples:
-            model = Model(arch, seed)
+        spent, applies = dict.fromkeys([_TRACE_STEP, *ids], 0.0), dict.fromkeys([_TRACE_STEP, *ids], 0)
+        for step, run in _steps(examples, claims):
             t0 = clock()
-            model.trace(toks)
-            t_trace += clock() - t0
-            for claim in claims:
-                t0 = clock()
-                evidence = model.check(claim, toks)
-                spent[claim.id] += clock() - t0
-                applies[claim.id] += evidence.verdict != "NOT_APPLICABLE"
-        total = t_trace + sum(spent.values())
+            result = run()
+            spent[step] += clock() - t0
+            applies[step] += step == _TRACE_STEP or result.verdict != "NOT_APPLICABLE"
+        total = sum(spent.values())
         if best is None or total < best[0]:
-            best = (total, t_trace, spent, applies)
-    total, t_trace, spent, applies = best
+            best = (total, spent, applies)
+    total, spent, applies = best
     k = len(examples)
     print(f"\n  by claim, without Hypothesis ({k} examples, {1e3 * total / k:.2f} ms/arch in all, the least disturbed of {repeat} passes):")
     print(f"  {'':<34}{'us/arch':>9}{'share':>7}{'applies':>9}{'us where it applies':>21}")
-    print(f"  {'weights + forward (Model.trace)':<34}{1e6 * t_trace / k:>9.0f}{t_trace / total:>7.0%}{k:>9}{1e6 * t_trace / k:>21.0f}")
-    for cid in sorted(spent, key=spent.get, reverse=True):
-        where = f"{1e6 * spent[cid] / applies[cid]:>21.0f}" if applies[cid] else f"{'':>21}"
-        print(f"  {cid:<34}{1e6 * spent[cid] / k:>9.0f}{spent[cid] / total:>7.0%}{applies[cid]:>9}{where}")
+    for step in [_TRACE_STEP] + sorted(ids, key=spent.get, reverse=True):  # the trace first, then the claims, the dearest first
+        where = f"{1e6 * spent[step] / applies[step]:>21.0f}" if applies[step] else f"{'':>21}"
+        print(f"  {step:<34}{1e6 * spent[step] / k:>9.0f}{spent[step] / total:>7.0%}{applies[step]:>9}{where}")
 
 
 def families(names: list[str], n: int, repeat: int) -> None:
@@ -306,25 +314,25 @@ def count_calls(path: str) -> None:
     """Torch calls an architecture, claim by claim, on the examples of ``path``: figures the machine's drift does not move.
 
     Counts every call through torch's Python API (a ``torch.overrides.TorchFunctionMode``: operations, indexing,
-    conversions) except reads of a tensor's properties (``.shape``, ``.dtype``, ...), on a fresh ``Model`` an example:
-    its weights and trace first, then each claim's ``Model.check`` in catalogue order (what ``check_all`` does); and the
-    reference's forward passes (calls of ``circuitproof.numeric.reference._forward``, wrapped for the count and restored).
-    After a warm-up pass, what is kept per Weights object is dropped: the count is that of a first pass over the examples.
-    NumPy's operations (the compiled programs, the error measurements) are not counted. The counts are a function of the
-    code and the examples alone: two versions compare by them without interleaving
-    (``PYTHONPATH=<checkout> ... --workload FILE --count-calls`` counts another checkout's).
+    conversions) except reads of a tensor's properties (``.shape``, ``.dtype``, ...), step by step of the full check
+    (:func:`_steps`); and the reference's forward passes (calls of ``circuitproof.numeric.reference._forward``, patched
+    with a counting wrapper for the count). After a warm-up pass, what is kept per Weights object is dropped: the count
+    is that of a first pass over the examples. NumPy's operations (the compiled programs, the error measurements) are
+    not counted. The counts are a function of the code and the examples alone: two versions compare by them without
+    interleaving (``PYTHONPATH=<checkout> ... --workload FILE --count-calls`` counts another checkout's).
     """
+    from unittest import mock
+
     import circuitproof
     from circuitproof.numeric import _kept
     from circuitproof.numeric import reference as ref
     from circuitproof.properties import _model
     from circuitproof.properties.claims import CLAIMS
-    from circuitproof.properties.strategies import Model
     from torch.overrides import TorchFunctionMode
 
     drawn, claims = _read_workload(path, circuitproof), list(CLAIMS.values())
-    calls: dict[str, int] = dict.fromkeys(["weights + forward (Model.trace)"] + [c.id for c in claims], 0)
-    where = ["weights + forward (Model.trace)"]
+    calls: dict[str, int] = dict.fromkeys([_TRACE_STEP] + [c.id for c in claims], 0)
+    where = [_TRACE_STEP]
 
     class Count(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -332,38 +340,23 @@ def count_calls(path: str) -> None:
                 calls[where[0]] += 1
             return func(*args, **(kwargs or {}))
 
-    passes, forward = [0], ref._forward
-
-    def counted_forward(*args, **kwargs):
-        passes[0] += 1
-        return forward(*args, **kwargs)
-
-    for arch, seed, toks in drawn:  # warm-up: every identity these examples meet compiled, and the caches kept per shape
-        _check_all(Model(arch, seed), claims, toks)
+    for _, run in _steps(drawn, claims):  # warm-up: every identity these examples meet compiled, and the caches kept per shape
+        run()
     # what is kept per Weights object (drawn weights, their traces and transformed copies) is dropped, so that the count
     # is of a first pass over these examples whatever ran before in the process: each example's weights drawn and its
     # passes run, except where the workload repeats an example (as the Hypothesis run it was drawn from does)
     _kept._KEPT.clear()
     _model._random_weights.cache_clear()
-    ref._forward = counted_forward
-    try:
-        with Count():
-            for arch, seed, toks in drawn:
-                model, where[0] = Model(arch, seed), "weights + forward (Model.trace)"
-                model.trace(toks)
-                for claim in claims:
-                    where[0] = claim.id
-                    model.check(claim, toks)
-    finally:
-        ref._forward = forward
-    k = len(drawn)
-    print(f"\ntorch calls, fixed workload {path}: {len(drawn)} examples ({_workload(drawn)})")
+    with mock.patch.object(ref, "_forward", side_effect=ref._forward) as forward, Count():
+        for where[0], run in _steps(drawn, claims):
+            run()
+    k, total = len(drawn), sum(calls.values())
+    print(f"\ntorch calls, fixed workload {path}: {k} examples ({_workload(drawn)})")
     print(f"  circuitproof from {os.path.dirname(circuitproof.__file__)}")
-    print(f"  {sum(calls.values()) / k:.1f} torch calls an architecture in all; {passes[0] / k:.2f} reference forward passes")
+    print(f"  {total / k:.1f} torch calls an architecture in all; {forward.call_count / k:.2f} reference forward passes")
     print(f"  {'':<34}{'calls/arch':>11}{'share':>7}")
-    total = sum(calls.values()) or 1
     for name in sorted(calls, key=calls.get, reverse=True):
-        print(f"  {name:<34}{calls[name] / k:>11.1f}{calls[name] / total:>7.0%}")
+        print(f"  {name:<34}{calls[name] / k:>11.1f}{calls[name] / (total or 1):>7.0%}")
 
 
 def _import_checkout(checkout: str):
